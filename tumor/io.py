@@ -315,6 +315,9 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 
 
 def _decode_image(data: bytes) -> np.ndarray:
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        # Refuse a bomb from its header, before any decoder allocates memory.
+        _check_dimensions((int.from_bytes(data[16:20]), int.from_bytes(data[20:24])))
     if data[:5] == b"%PDF-":
         raise InputError(
             "This is a PDF document, not an image. Upload a PNG, JPEG or TIFF."
@@ -713,7 +716,8 @@ def _volume_from_bytes(data: bytes) -> Volume:
 def _plane_axis(plane: str) -> int:
     if plane not in PLANES:
         raise InputError(f"plane must be one of {PLANES}. Received: plane={plane!r}.")
-    return PLANES.index(plane)
+    # RAS+ axes: x (sagittal slices), y (coronal), z (axial).
+    return {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
 
 
 __all__ = [

@@ -1,0 +1,523 @@
+"""Tests for tumor.io: images, DICOM and NIfTI read from memory."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import zlib
+
+import cv2
+import nibabel
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from tumor.errors import InputError
+from tumor.io import SAFE_META_KEYS, Scan, read_image, read_scan, read_volume
+
+PHI_VALUES = ("Doe^Jane", "PHI-12345", "19700101", "ACC-998877", "St Example Hospital")
+
+
+# --- fixtures built in memory -------------------------------------------------
+
+
+def _gradient(h: int = 48, w: int = 64) -> np.ndarray:
+    """A fixed RGB test pattern with distinct channels."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack(
+        [x * 255 // (w - 1), y * 255 // (h - 1), (x + y) % 256], axis=2
+    ).astype(np.uint8)
+
+
+def _pil_bytes(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _gray16() -> np.ndarray:
+    # A 16-bit ramp from 1000 to 5000: shifted >> 8 it would be dark (3..19).
+    return np.tile(np.linspace(1000, 5000, 64), (48, 1)).astype(np.uint16)
+
+
+def _png16_gray() -> bytes:
+    ok, buf = cv2.imencode(".png", _gray16())
+    assert ok
+    return buf.tobytes()
+
+
+def _tiff16_gray() -> bytes:
+    return _pil_bytes(Image.fromarray(_gray16()), "TIFF")
+
+
+def _png16_rgb() -> bytes:
+    bgr = np.repeat(_gray16()[:, :, None], 3, axis=2)
+    ok, buf = cv2.imencode(".png", bgr)
+    assert ok
+    return buf.tobytes()
+
+
+def _rgba_png() -> bytes:
+    rgba = np.dstack([_gradient(), np.full((48, 64), 255, np.uint8)])
+    rgba[:, :32, 3] = 0  # left half fully transparent
+    return _pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG")
+
+
+FORMATS = {
+    "png_gray8": lambda: _pil_bytes(Image.fromarray(_gradient()[:, :, 0]), "PNG"),
+    "png_rgb8": lambda: _pil_bytes(Image.fromarray(_gradient()), "PNG"),
+    "png_rgba8": _rgba_png,
+    "png_palette": lambda: _pil_bytes(Image.fromarray(_gradient()).convert("P"), "PNG"),
+    "png_gray16": _png16_gray,
+    "png_rgb16": _png16_rgb,
+    "tiff_gray16": _tiff16_gray,
+    "tiff_rgb8": lambda: _pil_bytes(Image.fromarray(_gradient()), "TIFF"),
+    "jpeg_rgb": lambda: _pil_bytes(Image.fromarray(_gradient()), "JPEG", quality=95),
+    "jpeg_cmyk": lambda: _pil_bytes(
+        Image.fromarray(_gradient()).convert("CMYK"), "JPEG"
+    ),
+    "tiff_cmyk": lambda: _pil_bytes(
+        Image.fromarray(_gradient()).convert("CMYK"), "TIFF"
+    ),
+    "bmp_rgb": lambda: _pil_bytes(Image.fromarray(_gradient()), "BMP"),
+    "webp_rgb": lambda: _pil_bytes(Image.fromarray(_gradient()), "WEBP", lossless=True),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_read_image_accepts_format(fmt):
+    rgb = read_image(FORMATS[fmt]())
+    assert rgb.shape == (48, 64, 3)
+    assert rgb.dtype == np.uint8
+    assert rgb.max() > rgb.min()
+
+
+@pytest.mark.parametrize("fmt", ["png_gray16", "tiff_gray16", "png_rgb16"])
+def test_sixteen_bit_uses_full_range(fmt):
+    rgb = read_image(FORMATS[fmt]())
+    assert rgb.min() == 0
+    assert rgb.max() == 255
+    # The ramp stays a ramp: brightness increases left to right.
+    assert rgb[0, 0, 0] < rgb[0, 32, 0] < rgb[0, 63, 0]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected_rgb"),
+    [
+        ("png_rgb8", (255, 0, 63)),  # lossless formats keep exact values
+        ("png_palette", None),
+        ("tiff_rgb8", (255, 0, 63)),
+        ("bmp_rgb", (255, 0, 63)),
+    ],
+)
+def test_lossless_pixel_values(fmt, expected_rgb):
+    rgb = read_image(FORMATS[fmt]())
+    if expected_rgb is None:  # palette quantises: only near the original
+        assert np.abs(rgb[0, 63].astype(int) - [255, 0, 63]).max() <= 40
+    else:
+        assert tuple(rgb[0, 63]) == expected_rgb
+
+
+def test_rgba_transparent_part_composited_over_black():
+    rgb = read_image(_rgba_png())
+    assert rgb[:, :32].max() == 0
+    np.testing.assert_array_equal(rgb[:, 32:], _gradient()[:, 32:])
+
+
+def test_cmyk_jpeg_colours_are_roughly_kept():
+    rgb = read_image(FORMATS["jpeg_cmyk"]())
+    expected = _gradient().astype(int)
+    assert np.abs(rgb.astype(int) - expected).mean() < 12
+
+
+def test_read_image_from_path(tmp_path):
+    path = tmp_path / "slice.png"
+    path.write_bytes(FORMATS["png_rgb8"]())
+    np.testing.assert_array_equal(read_image(path), _gradient())
+    np.testing.assert_array_equal(read_image(str(path)), _gradient())
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def png_chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    # A tiny file whose header declares a huge image: a decompression bomb.
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def _pdf_bytes() -> bytes:
+    return b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< >>\n%%EOF\n"
+
+
+FAILURES = {
+    "empty": (lambda: b"", "empty"),
+    "truncated_png": (lambda: FORMATS["png_rgb8"]()[:120], "corrupt or truncated"),
+    "truncated_jpeg": (lambda: FORMATS["jpeg_rgb"]()[:300], "corrupt or truncated"),
+    "text": (lambda: b"hello, this is a text file\n" * 10, "not an image"),
+    "random_bytes": (lambda: bytes(range(256)) * 4, "not an image"),
+    "pdf": (_pdf_bytes, "PDF"),
+    "all_black": (lambda: _pil_bytes(Image.new("RGB", (32, 32)), "PNG"), "blank"),
+    "all_gray16": (
+        lambda: _pil_bytes(Image.fromarray(np.full((8, 8), 700, np.uint16)), "TIFF"),
+        "blank",
+    ),
+    "huge_dimensions": (lambda: _png_header_only(60000, 60000), "too large"),
+    "too_many_bytes": (lambda: b"\x89PNG" + bytes(41 * 1024 * 1024), "too large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_read_image_rejects(case):
+    make, message = FAILURES[case]
+    with pytest.raises(InputError, match=message):
+        read_image(make())
+
+
+def test_input_error_is_value_error():
+    with pytest.raises(ValueError):
+        read_image(b"")
+
+
+def test_read_scan_plain_image_is_read_only():
+    scan = read_scan(FORMATS["png_rgb8"](), name="slice.png")
+    assert scan.kind == "image"
+    assert scan.pixel_spacing_mm is None
+    assert scan.orientation is None
+    assert not scan.rgb.flags.writeable
+    np.testing.assert_array_equal(scan.rgb, _gradient())
+
+
+# --- DICOM --------------------------------------------------------------------
+
+
+def _dicom(
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    spacing: tuple[float, float] | None = (0.5, 0.8),
+    iop: tuple[float, ...] | None = (1, 0, 0, 0, 1, 0),
+    with_pixels: bool = True,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = PHI_VALUES[0]
+    ds.PatientID = PHI_VALUES[1]
+    ds.PatientBirthDate = PHI_VALUES[2]
+    ds.AccessionNumber = PHI_VALUES[3]
+    ds.InstitutionName = PHI_VALUES[4]
+    ds.Modality = "MR"
+    ds.SeriesDescription = "T1 AX POST"
+    ds.SliceThickness = "5"
+    frames = pixels if pixels.ndim == 3 else pixels[None]
+    ds.Rows, ds.Columns = frames.shape[1:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = frames.shape[0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if slope is not None:
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept or 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if spacing is not None:
+        ds.PixelSpacing = list(spacing)
+    if iop is not None:
+        ds.ImageOrientationPatient = list(iop)
+    if with_pixels and transfer_syntax == ExplicitVRLittleEndian:
+        ds.PixelData = frames.astype(np.uint16).tobytes()
+    elif with_pixels:
+        ds.PixelData = encapsulate([b"\x00\x01" * 16])
+        ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _ramp16(h: int = 16, w: int = 20, lo: int = 0, hi: int = 1000) -> np.ndarray:
+    return np.tile(np.linspace(lo, hi, w), (h, 1)).astype(np.uint16)
+
+
+def test_dicom_detected_by_preamble_not_name():
+    scan = read_scan(_dicom(_ramp16()), name="photo.png")
+    assert scan.kind == "dicom"
+    assert scan.rgb.shape == (16, 20, 3)
+    assert scan.rgb.dtype == np.uint8
+
+
+def test_monochrome1_is_inverted():
+    m2 = read_scan(_dicom(_ramp16(), photometric="MONOCHROME2")).rgb
+    m1 = read_scan(_dicom(_ramp16(), photometric="MONOCHROME1")).rgb
+    assert m2[0, 0, 0] < m2[0, -1, 0]
+    np.testing.assert_array_equal(m1, 255 - m2)
+
+
+def test_rescale_and_header_window():
+    # Stored 0..1000 with slope 2, intercept -1000 -> -1000..1000.
+    # Window center 0 width 1000 shows -500..500: the outer quarters clip.
+    scan = read_scan(_dicom(_ramp16(), slope=2, intercept=-1000, window=(0, 1000)))
+    row = scan.rgb[0, :, 0]
+    assert scan.window == (0.0, 1000.0)
+    assert row[0] == 0 and row[3] == 0  # -1000, -684 are below -500
+    assert row[-1] == 255 and row[-4] == 255
+    assert 138 <= row[10] <= 143  # stored 526 -> +52 -> 552/1000 of 255
+    assert scan.meta["window"] == "center 0, width 1000"
+
+
+def test_window_argument_overrides_header():
+    data = _dicom(_ramp16(), window=(500, 1000))
+    header = read_scan(data)
+    override = read_scan(data, window=(250.0, 100.0))
+    assert header.window == (500.0, 1000.0)
+    assert override.window == (250.0, 100.0)
+    assert override.rgb[0, 3, 0] == 0  # 157.9 < 200
+    assert override.rgb[0, 8, 0] == 255  # 421 > 300
+
+
+def test_percentile_window_without_header():
+    scan = read_scan(_dicom(_ramp16(lo=3000, hi=4000)))
+    center, width = scan.window
+    assert 3000 <= center - width / 2 < 3100
+    assert 3900 < center + width / 2 <= 4000
+    assert scan.rgb.min() == 0 and scan.rgb.max() == 255
+
+
+@pytest.mark.parametrize("window", [(0, 0), (10, -5), (float("nan"), 10), ("a", 1)])
+def test_bad_window_argument(window):
+    with pytest.raises(InputError, match="window"):
+        read_scan(_dicom(_ramp16()), window=window)
+
+
+def test_multiframe_choice_and_range():
+    frames = np.stack([_ramp16(), _ramp16()[:, ::-1], _ramp16()])
+    data = _dicom(frames, window=(500, 1000))
+    first = read_scan(data)
+    second = read_scan(data, frame=1)
+    assert first.n_frames == second.n_frames == 3
+    np.testing.assert_array_equal(second.rgb, first.rgb[:, ::-1])
+    assert second.meta["frame"] == "2 of 3"
+    for bad in (3, -1):
+        with pytest.raises(InputError, match=f"Frame {bad} is out of range.*3 frame"):
+            read_scan(data, frame=bad)
+
+
+def test_missing_pixel_data():
+    with pytest.raises(InputError, match="has no pixel data"):
+        read_scan(_dicom(_ramp16(), with_pixels=False))
+
+
+def test_unsupported_transfer_syntax_is_named():
+    data = _dicom(_ramp16(), transfer_syntax="1.2.840.10008.1.2.4.100")  # MPEG2
+    with pytest.raises(InputError, match=r"1\.2\.840\.10008\.1\.2\.4\.100"):
+        read_scan(data)
+
+
+def test_truncated_dicom():
+    data = _dicom(_ramp16())
+    with pytest.raises(InputError):
+        read_scan(data[: len(data) - 200])
+
+
+@pytest.mark.parametrize(
+    ("iop", "expected"),
+    [
+        ((1, 0, 0, 0, 1, 0), ("L", "P")),  # standard axial
+        ((-1, 0, 0, 0, -1, 0), ("R", "A")),
+        ((1, 0, 0, 0, 0, -1), ("L", "I")),  # coronal
+        ((0, 1, 0, 0, 0, -1), ("P", "I")),  # sagittal
+        ((0.9, 0.3, 0.1, -0.3, 0.9, 0.2), ("L", "P")),  # oblique: dominant axis
+        (None, None),
+    ],
+)
+def test_dicom_orientation(iop, expected):
+    assert read_scan(_dicom(_ramp16(), iop=iop)).orientation == expected
+
+
+@pytest.mark.parametrize(
+    ("spacing", "expected"), [((0.5, 0.8), (0.5, 0.8)), (None, None)]
+)
+def test_dicom_spacing(spacing, expected):
+    assert read_scan(_dicom(_ramp16(), spacing=spacing)).pixel_spacing_mm == expected
+
+
+def test_dicom_meta_has_display_fields_and_no_phi():
+    scan = read_scan(_dicom(_ramp16(), window=(500, 1000)))
+    assert scan.meta["modality"] == "MR"
+    assert scan.meta["series_description"] == "T1 AX POST"
+    assert scan.meta["slice_thickness_mm"] == "5"
+    assert scan.meta["photometric_interpretation"] == "MONOCHROME2"
+    assert set(scan.meta) <= set(SAFE_META_KEYS)
+    text = repr(scan) + repr(scan.meta)
+    for value in PHI_VALUES:
+        assert value not in text
+        assert value.split("^")[0] not in text
+
+
+def test_errors_do_not_echo_phi():
+    for data in (
+        _dicom(_ramp16(), with_pixels=False),
+        _dicom(np.zeros((4, 4), np.uint16)),
+    ):
+        with pytest.raises(InputError) as info:
+            read_scan(data)
+        for value in PHI_VALUES:
+            assert value not in str(info.value)
+
+
+# --- NIfTI --------------------------------------------------------------------
+
+SHAPE = (40, 50, 30)
+ZOOMS = (0.9, 1.1, 2.0)
+LESION = (slice(10, 20), slice(30, 38), slice(12, 16))  # 10 x 8 x 4 voxels, RAS
+LESION_WINDOW = (250.0, 100.0)  # brain (100) -> 0, lesion (400) -> 255
+
+
+def _nifti(affine_flip: bool = False, gz: bool = False, four_d: bool = False) -> bytes:
+    data = np.zeros(SHAPE, np.float32)
+    data[4:-4, 4:-4, 2:-2] = 100.0  # "brain"
+    data[LESION] = 400.0
+    affine = np.diag([*ZOOMS, 1.0])
+    if affine_flip:  # stored LPS-like: flip x and y, so canonicalisation must undo it
+        data = data[::-1, ::-1, :]
+        affine = np.diag([-ZOOMS[0], -ZOOMS[1], ZOOMS[2], 1.0])
+        affine[:3, 3] = [(SHAPE[0] - 1) * ZOOMS[0], (SHAPE[1] - 1) * ZOOMS[1], 0]
+    if four_d:
+        data = np.stack([data, np.zeros_like(data)], axis=3)
+    img = nibabel.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    raw = img.to_bytes()
+    return gzip.compress(raw) if gz else raw
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({}, "brain.nii"),
+        ({"gz": True}, "brain.nii.gz"),
+        ({"gz": True}, None),  # found by the magic inside the gzip
+        ({"affine_flip": True}, None),
+    ],
+)
+def test_volume_lesion_volume_and_area(kwargs, name):
+    volume = read_volume(_nifti(**kwargs), name=name)
+    assert volume.data.shape == SHAPE
+    assert volume.data.dtype == np.float32
+    assert volume.spacing_mm == pytest.approx(ZOOMS)
+    lesion_voxels = int((volume.data > 300).sum())
+    assert lesion_voxels == 10 * 8 * 4
+    assert lesion_voxels * volume.voxel_volume_ml == pytest.approx(
+        320 * 0.9 * 1.1 * 2.0 / 1000
+    )
+    scan = volume.slice(13, "axial", window=LESION_WINDOW)
+    rows, cols = scan.pixel_spacing_mm
+    area_mm2 = int((scan.rgb[:, :, 0] == 255).sum()) * rows * cols
+    assert area_mm2 == pytest.approx(10 * 8 * 0.9 * 1.1)
+
+
+def test_axial_slice_is_upright_radiological():
+    volume = read_volume(_nifti(affine_flip=True))
+    scan = volume.slice(13, "axial", window=LESION_WINDOW)
+    # Display is (Y, X): 50 rows, 40 columns.
+    assert scan.rgb.shape == (50, 40, 3)
+    assert scan.orientation == ("L", "P")
+    assert scan.pixel_spacing_mm == pytest.approx((1.1, 0.9))
+    ys, xs = np.nonzero(scan.rgb[:, :, 0] == 255)
+    # RAS x grows to the patient's right, so the lesion at x 10..19 is on the
+    # patient's left -> image right half; y 30..37 (anterior) -> upper half.
+    assert xs.min() == 40 - 20 and xs.max() == 40 - 11
+    assert ys.min() == 50 - 38 and ys.max() == 50 - 31
+
+
+@pytest.mark.parametrize(
+    ("plane", "index", "shape", "orientation", "spacing"),
+    [
+        ("coronal", 33, (30, 40), ("L", "I"), (2.0, 0.9)),
+        ("sagittal", 15, (30, 50), ("P", "I"), (2.0, 1.1)),
+    ],
+)
+def test_other_planes(plane, index, shape, orientation, spacing):
+    volume = read_volume(_nifti())
+    scan = volume.slice(index, plane, window=LESION_WINDOW)
+    assert scan.rgb.shape[:2] == shape
+    assert scan.orientation == orientation
+    assert scan.pixel_spacing_mm == pytest.approx(spacing)
+    ys, _ = np.nonzero(scan.rgb[:, :, 0] == 255)
+    # Lesion z 12..15 -> superior up: rows 30-16 .. 30-13.
+    assert ys.min() == 30 - 16 and ys.max() == 30 - 13
+
+
+def test_volume_window_is_volume_wide():
+    volume = read_volume(_nifti())
+    empty_slice = volume.slice(0, "axial")  # outside the brain: all zero
+    assert empty_slice.rgb.max() == 0
+    assert empty_slice.window == volume.default_window
+
+
+def test_read_scan_nifti_defaults_to_middle_slice():
+    scan = read_scan(_nifti(gz=True), name="brain.nii.gz")
+    assert scan.kind == "nifti"
+    assert scan.n_frames == SHAPE[2]
+    assert scan.meta["frame"] == f"{SHAPE[2] // 2 + 1} of {SHAPE[2]}"
+
+
+def test_four_d_takes_first_volume_with_note():
+    volume = read_volume(_nifti(four_d=True))
+    assert volume.data.shape == SHAPE
+    assert int((volume.data > 300).sum()) == 320
+    assert "first" in volume.meta["note"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: _nifti()[:200], "corrupt, truncated"),
+        (lambda: gzip.compress(_nifti())[:100], "corrupt, truncated"),
+        (lambda: FORMATS["png_rgb8"](), "not a NIfTI"),
+        (lambda: _dicom(_ramp16()), "DICOM"),
+    ],
+)
+def test_read_volume_rejects(make, message):
+    with pytest.raises(InputError, match=message):
+        read_volume(
+            make(), name="upload.nii.gz" if message.startswith("corrupt") else None
+        )
+
+
+@pytest.mark.parametrize(
+    ("index", "plane"), [(30, "axial"), (-1, "axial"), (0, "oblique")]
+)
+def test_slice_out_of_range(index, plane):
+    volume = read_volume(_nifti())
+    with pytest.raises(InputError, match=str(index) if plane == "axial" else "plane"):
+        volume.slice(index, plane)
+
+
+def test_scan_is_frozen():
+    scan = read_scan(FORMATS["png_rgb8"]())
+    assert isinstance(scan, Scan)
+    with pytest.raises(AttributeError):
+        scan.kind = "dicom"  # type: ignore[misc]
