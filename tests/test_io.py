@@ -175,7 +175,28 @@ FAILURES = {
     ),
     "huge_dimensions": (lambda: _png_header_only(60000, 60000), "too large"),
     "too_many_bytes": (lambda: b"\x89PNG" + bytes(41 * 1024 * 1024), "too large"),
+    "huge_bmp_header": (lambda: _huge_bmp(), "too large"),
 }
+
+
+def _huge_bmp() -> bytes:
+    """A small BMP whose header claims 20000 x 20000 pixels."""
+    data = bytearray(_pil_bytes(Image.fromarray(_gradient()), "BMP"))
+    data[18:26] = struct.pack("<ii", 20000, 20000)
+    return bytes(data)
+
+
+def test_oversized_file_on_disk_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.png"
+    with open(path, "wb") as f:
+        f.truncate(41 * 1024 * 1024)  # sparse: costs no disk
+    with pytest.raises(InputError, match=r"too large \(41\.0 MB"):
+        read_image(path)
+
+
+def test_missing_file_is_input_error(tmp_path):
+    with pytest.raises(InputError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
 
 
 @pytest.mark.parametrize("case", sorted(FAILURES))
@@ -286,6 +307,11 @@ def test_rescale_and_header_window():
     assert row[-1] == 255 and row[-4] == 255
     assert 138 <= row[10] <= 143  # stored 526 -> +52 -> 552/1000 of 255
     assert scan.meta["window"] == "center 0, width 1000"
+
+
+def test_multi_valued_header_window_uses_first():
+    scan = read_scan(_dicom(_ramp16(), window=([500, 40], [1000, 80])))
+    assert scan.window == (500.0, 1000.0)
 
 
 def test_window_argument_overrides_header():

@@ -52,7 +52,8 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 _LPS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))  # (+axis, -axis) of X, Y, Z
 
 
-@dataclass(frozen=True)
+# eq=False: comparing arrays field by field is ambiguous; identity is used.
+@dataclass(frozen=True, eq=False)
 class Scan:
     """One displayable slice and what is known about its geometry.
 
@@ -83,7 +84,8 @@ class Scan:
         return int(self.rgb.shape[0]), int(self.rgb.shape[1])
 
 
-@dataclass(frozen=True)
+# eq=False: comparing arrays field by field is ambiguous; identity is used.
+@dataclass(frozen=True, eq=False)
 class Volume:
     """A NIfTI volume reoriented to RAS+ (closest canonical).
 
