@@ -1,0 +1,204 @@
+"""Streamlit AppTest of the pages: rendering, uploads, controls, weights errors.
+
+Most tests run the pages against ``FakePipeline`` (tests/conftest.py), so they
+are fast and need no weights; the ``slow`` ones load the real models and skip
+when weights/manifest.json is missing.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import (
+    HAS_GALLERY,
+    HAS_WEIGHTS,
+    ROOT,
+    dicom_bytes,
+    nifti_bytes,
+    phantom,
+    png_bytes,
+)
+from streamlit.testing.v1 import AppTest
+
+TIMEOUT = 180  # seconds per script run: loading TensorFlow on a 2-core CPU is slow
+APP = str(ROOT / "app.py")
+DISCLAIMER = "Research demo, not for diagnosis"
+
+
+def run_app(page: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [w.value for w in at.warning]
+    parts += (
+        [e.value for e in at.error]
+        + [i.value for i in at.info]
+        + [c.value for c in at.caption]
+    )
+    return "\n".join(str(p) for p in parts)
+
+
+def metric(at: AppTest, label: str) -> str:
+    values = [m.value for m in at.metric if m.label == label]
+    assert values, f"no metric {label!r}; metrics: {[m.label for m in at.metric]}"
+    return values[0]
+
+
+def area_px(at: AppTest) -> int:
+    return int(re.sub(r"[^\d]", "", metric(at, "Tumour area")))
+
+
+def upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.file_uploader[0].upload(name, data).run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.parametrize(
+    "page",
+    ["views/analyze.py", "views/gallery.py", "views/model_card.py", "views/about.py"],
+)
+def test_every_page_renders_with_disclaimer(fake_pipeline, page):
+    at = run_app(page)
+    assert not at.exception, at.exception
+    assert DISCLAIMER in texts(at)
+
+
+def test_png_upload_gives_verdict_and_slider_only_redraws(fake_pipeline):
+    at = upload(run_app(), "slice.png", png_bytes(phantom()))
+    assert "Tumour detected" in texts(at)
+    assert metric(at, "P(tumour)") == "95.0%"
+    assert fake_pipeline.runs == 1
+    at.slider(key="mask_threshold").set_value(0.3).run()
+    low = area_px(at)
+    at.slider(key="mask_threshold").set_value(0.8).run()
+    high = area_px(at)
+    assert low > high > 0
+    at.radio(key="overlay_mode").set_value("fill").run()
+    assert fake_pipeline.runs == 1, "a display control re-ran the model"
+    assert "Pixel spacing unknown" in texts(at)
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Overlay PNG", "Mask PNG", "JSON report", "PDF report"]
+
+
+def test_grad_cam_is_computed_once_on_demand(fake_pipeline):
+    at = upload(run_app(), "slice.png", png_bytes(phantom()))
+    assert fake_pipeline.runs == 1
+    at.toggle(key="grad_cam").set_value(True).run()
+    assert fake_pipeline.runs == 2
+    at.slider(key="mask_threshold").set_value(0.7).run()
+    assert fake_pipeline.runs == 2
+    assert any("Grad-CAM" in c for c in _captions(at))
+
+
+def _captions(at: AppTest) -> list[str]:
+    return [c for image in at.get("image") for c in image.captions]
+
+
+def test_dicom_upload_shows_mm_window_and_no_identifiers(fake_pipeline):
+    at = upload(run_app(), "IM0001", dicom_bytes(phantom(), spacing=0.5))
+    assert "mm²" in metric(at, "Area")
+    assert "×" in metric(at, "Long × short axis")
+    assert at.number_input(key=next(k for k in _keys(at) if k.startswith("wc_")))
+    shown = texts(at) + str([d.value for d in at.dataframe])
+    assert "Doe" not in shown and "SECRET" not in shown
+
+
+def _keys(at: AppTest) -> list[str]:
+    return [w.key for w in at.number_input if w.key]
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("notes.txt", b"this is not an image"),
+        ("empty.png", b""),
+        ("broken.nii.gz", b"\x1f\x8b\x08garbage"),
+    ],
+)
+def test_bad_upload_shows_friendly_error(fake_pipeline, name, data):
+    at = upload(run_app(), name, data)
+    assert any("cannot be analysed" in e.value for e in at.error)
+    assert fake_pipeline.runs == 0
+
+
+def test_nifti_volume_slices_and_sweep(fake_pipeline):
+    at = upload(run_app(), "head.nii.gz", nifti_bytes())
+    slider = next(s for s in at.slider if s.label == "Slice")
+    assert slider.value == 4
+    assert "Tumour detected" in texts(at)
+    at.radio(key=next(r.key for r in at.radio if r.label == "Plane")).set_value(
+        "coronal"
+    ).run()
+    assert not at.exception, at.exception
+    next(
+        b for b in at.button if b.label.startswith("Analyse the whole volume")
+    ).click().run()
+    assert not at.exception, at.exception
+    assert metric(at, "Tumour volume") == "1.5 ml"
+    assert metric(at, "Largest-tumour slice") == "32"
+
+
+def test_gallery_pick_opens_analysis_with_expert_outline(fake_pipeline, tiny_gallery):
+    at = run_app("views/gallery.py")
+    assert not at.exception, at.exception
+    at.button(key="open_t1").click().run()
+    assert not at.exception, at.exception
+    assert "Gallery case **t1**" in texts(at)
+    assert any("Dice" in c for c in _captions(at))
+
+
+def test_weights_error_stops_before_prediction(monkeypatch, tmp_path):
+    pytest.importorskip("tumor.pipeline", reason="tumor/pipeline.py not written yet")
+    import streamlit as st
+
+    st.cache_resource.clear()
+    monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
+    at = run_app()
+    assert not at.exception, at.exception
+    assert any("cannot be loaded" in e.value for e in at.error)
+    assert not at.file_uploader, "the upload widget must not appear without weights"
+    assert not at.metric
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not HAS_WEIGHTS, reason="weights/manifest.json missing: no trained weights"
+)
+@pytest.mark.skipif(
+    not HAS_GALLERY, reason="gallery/index.csv missing: gallery not built"
+)
+def test_real_models_on_a_gallery_tumour_slice():
+    import csv
+
+    with (ROOT / "gallery" / "index.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] != "no_tumor" and r["mask"]]
+    assert rows, "the gallery has no tumour case"
+    at = run_app(None, gallery_pick=rows[0]["id"])
+    assert not at.exception, at.exception
+    assert re.search(r"(Tumour|No tumour) detected", texts(at))
+    if "Tumour detected" in texts(at):
+        at.slider(key="mask_threshold").set_value(0.1).run()
+        low = area_px(at)
+        at.slider(key="mask_threshold").set_value(0.9).run()
+        assert not at.exception, at.exception
+        high = area_px(at) if any(m.label == "Tumour area" for m in at.metric) else 0
+        assert low > high
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not HAS_WEIGHTS, reason="weights/manifest.json missing: no trained weights"
+)
+def test_real_models_on_an_uploaded_png():
+    at = upload(run_app(), "slice.png", png_bytes(phantom(256)))
+    assert re.search(r"(Tumour|No tumour) detected", texts(at))
+    assert metric(at, "P(tumour)").endswith("%")

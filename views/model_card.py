@@ -1,0 +1,246 @@
+"""Model card: test metrics, training curves, intended use and limits.
+
+Reads weights/metrics.json, the CSV training logs and MODEL_CARD.md directly,
+so it renders without loading TensorFlow; every missing piece says so.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import ui_common as ui
+
+NOT_AVAILABLE = "Not available yet."
+
+LIMITS = """
+**Intended use.** Teaching and research: showing what a small 2-D model can
+and cannot read from one MRI slice. **Not for diagnosis**, triage or any
+decision about a patient.
+
+**Known limits.**
+- *Domain gap.* Gliomas come mostly from the LGG set (FLAIR-weighted composite
+  slices, TCGA-LGG); meningiomas and pituitary tumours only from the figshare set
+  (T1 contrast-enhanced). The model can partly learn the sequence instead of
+  the tumour, so a glioma on T1-CE or a meningioma on FLAIR is out of domain.
+- *Healthy images* come from public Kaggle collections whose provenance and
+  labels are not verified.
+- *Benign / malignant* is only a reading of the predicted tumour type (glioma:
+  malignant; meningioma: usually benign, mostly WHO grade 1; pituitary adenoma:
+  benign). It is not a grade and not a histological diagnosis.
+- *2-D only.* Each slice is judged alone; volumes are swept slice by slice.
+- *Licence.* The LGG data are CC BY-NC-SA 4.0 (non-commercial), so the trained
+  weights inherit the non-commercial restriction.
+"""
+
+
+def confusion_figure(confusion, labels) -> go.Figure:
+    z = [[int(v) for v in row] for row in confusion]
+    names = [ui.label(x) for x in labels] if labels else [str(i) for i in range(len(z))]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=names,
+            y=names,
+            colorscale="Blues",
+            text=z,
+            texttemplate="%{text}",
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=360,
+        margin={"l": 0, "r": 0, "t": 30, "b": 0},
+        xaxis={"title": "Predicted", "side": "bottom"},
+        yaxis={"title": "Expert label", "autorange": "reversed"},
+    )
+    return fig
+
+
+def roc_figure(fpr, tpr, auc, op_point) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(x=fpr, y=tpr, mode="lines", name=f"ROC (AUC {ui.fmt(auc)})")
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dot", "color": "gray"},
+            name="chance",
+        )
+    )
+    if op_point is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[op_point[0]],
+                y=[op_point[1]],
+                mode="markers",
+                marker={"size": 10, "color": "#d62728"},
+                name="operating point",
+            )
+        )
+    fig.update_layout(
+        height=360,
+        margin={"l": 0, "r": 0, "t": 30, "b": 0},
+        xaxis={"title": "1 − specificity", "range": [0, 1]},
+        yaxis={"title": "Sensitivity", "range": [0, 1]},
+        legend={"x": 0.45, "y": 0.1},
+    )
+    return fig
+
+
+def training_figure(log: pd.DataFrame, title: str) -> go.Figure | None:
+    if "epoch" not in log.columns:
+        return None
+    fig = go.Figure()
+    for column in log.columns:
+        if column in ("epoch", "lr", "learning_rate"):
+            continue
+        dash = "dash" if column.startswith("val_") else "solid"
+        fig.add_trace(
+            go.Scatter(
+                x=log["epoch"] + 1,
+                y=log[column],
+                mode="lines",
+                name=column,
+                line={"dash": dash},
+            )
+        )
+    fig.update_layout(
+        title=title,
+        height=320,
+        margin={"l": 0, "r": 0, "t": 40, "b": 0},
+        xaxis={"title": "Epoch"},
+    )
+    return fig
+
+
+def read_log(name: str) -> pd.DataFrame | None:
+    path = ui.weights_dir() / name
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+
+
+st.title("Model card")
+metrics = ui.load_metrics()
+if metrics is None:
+    st.info("weights/metrics.json is not available yet: test metrics cannot be shown.")
+
+st.subheader("Held-out test results")
+n = ui.get_path(metrics, "n_slices")
+st.caption(f"Test split: {n if n is not None else 'size not available'} slices.")
+cols = st.columns(5)
+for col, (name, value) in zip(cols, ui.headline_metrics(metrics)):
+    col.metric(name, value)
+
+left, right = st.columns(2)
+with left:
+    st.markdown("##### Tumour type (confusion matrix)")
+    confusion = ui.get_path(metrics, "type", "confusion")
+    try:
+        st.plotly_chart(
+            confusion_figure(confusion, ui.get_path(metrics, "type", "labels")),
+            key="confusion",
+        )
+    except (TypeError, ValueError):
+        st.caption(NOT_AVAILABLE)
+with right:
+    st.markdown("##### Tumour detection (ROC)")
+    fpr = ui.get_path(metrics, "detection", "roc", "fpr")
+    tpr = ui.get_path(metrics, "detection", "roc", "tpr")
+    if isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr) > 1:
+        sens = ui.get_path(metrics, "detection", "sensitivity")
+        spec = ui.get_path(metrics, "detection", "specificity")
+        op = (
+            (1 - float(spec), float(sens))
+            if sens is not None and spec is not None
+            else None
+        )
+        st.plotly_chart(
+            roc_figure(fpr, tpr, ui.get_path(metrics, "detection", "auc"), op),
+            key="roc",
+        )
+        st.caption(
+            f"Operating threshold {ui.fmt(ui.get_path(metrics, 'detection', 'threshold'))}."
+        )
+    else:
+        st.caption(NOT_AVAILABLE)
+
+left, right = st.columns(2)
+with left:
+    st.markdown("##### Segmentation (Dice per tumour slice)")
+    dice_values = ui.get_path(metrics, "segmentation", "dice_values")
+    if isinstance(dice_values, list) and dice_values:
+        fig = go.Figure(
+            go.Histogram(x=dice_values, xbins={"start": 0, "end": 1.0001, "size": 0.05})
+        )
+        fig.update_layout(
+            height=300,
+            margin={"l": 0, "r": 0, "t": 10, "b": 0},
+            xaxis={"title": "Dice", "range": [0, 1]},
+            yaxis={"title": "Slices"},
+        )
+        st.plotly_chart(fig, key="dice_hist")
+    else:
+        st.caption(NOT_AVAILABLE)
+    seg = ui.get_path(metrics, "segmentation") or {}
+    st.caption(
+        f"LGG per-patient Dice {ui.fmt(seg.get('lgg_patient_dice_mean'))} · "
+        f"figshare per-slice Dice {ui.fmt(seg.get('figshare_slice_dice_mean'))} · "
+        f"all tumour slices {ui.fmt(seg.get('tumor_slice_dice_mean'))}"
+    )
+with right:
+    st.markdown("##### Per source")
+    per_source = ui.get_path(metrics, "per_source")
+    if isinstance(per_source, dict) and per_source:
+        rows = []
+        for source, values in per_source.items():
+            row = {"Source": source}
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    if isinstance(value, (int, float)):
+                        row[key.replace("_", " ")] = value
+                    elif isinstance(value, dict):
+                        row.update(
+                            {
+                                f"{key} {k}".replace("_", " "): v
+                                for k, v in value.items()
+                                if isinstance(v, (int, float))
+                            }
+                        )
+            rows.append(row)
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    else:
+        st.caption(NOT_AVAILABLE)
+
+st.subheader("Training curves")
+left, right = st.columns(2)
+for col, (file, title) in zip(
+    (left, right),
+    (
+        ("training_log_classifier.csv", "Classifier"),
+        ("training_log_segmenter.csv", "Segmenter"),
+    ),
+):
+    with col:
+        log = read_log(file)
+        figure = training_figure(log, title) if log is not None else None
+        if figure is None:
+            st.caption(f"{title}: {NOT_AVAILABLE}")
+        else:
+            st.plotly_chart(figure, key=f"log_{file}")
+
+st.subheader("Intended use and limits")
+st.markdown(LIMITS)
+
+card = ui.weights_dir() / "MODEL_CARD.md"
+with st.expander("MODEL_CARD.md", expanded=False):
+    try:
+        st.markdown(card.read_text(encoding="utf-8"))
+    except OSError:
+        st.caption(NOT_AVAILABLE)
