@@ -376,7 +376,10 @@ def render_measurements(analysis, threshold: float) -> None:
         c.metric("Area", f"{m.area_mm2:,.1f} mm²")
         if m.long_axis_mm is not None and m.short_axis_mm is not None:
             d.metric(
-                "Long × short axis", f"{m.long_axis_mm:.1f} × {m.short_axis_mm:.1f} mm"
+                "Long × short axis",
+                f"{m.long_axis_mm:.0f} × {m.short_axis_mm:.0f} mm",
+                help=f"{m.long_axis_mm:.1f} mm × {m.short_axis_mm:.1f} mm: longest "
+                "diameter of the largest region and its width at right angles.",
             )
     else:
         st.caption(
