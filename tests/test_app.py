@@ -202,3 +202,50 @@ def test_real_models_on_an_uploaded_png():
     at = upload(run_app(), "slice.png", png_bytes(phantom(256)))
     assert re.search(r"(Tumour|No tumour) detected", texts(at))
     assert metric(at, "P(tumour)").endswith("%")
+
+
+METRICS = {
+    "n_slices": 812,
+    "detection": {
+        "auc": 0.97,
+        "sensitivity": 0.93,
+        "specificity": 0.9,
+        "threshold": 0.5,
+        "roc": {"fpr": [0.0, 0.1, 1.0], "tpr": [0.0, 0.9, 1.0]},
+    },
+    "type": {
+        "accuracy": 0.91,
+        "confusion": [[5, 1], [0, 7]],
+        "labels": ["glioma", "meningioma"],
+    },
+    "segmentation": {"tumor_slice_dice_mean": 0.77, "dice_values": [0.5, 0.8, 0.9]},
+    "per_source": {"lgg": {"n": 3, "detection": {"auc": 0.98}}},
+}
+
+
+@pytest.mark.parametrize(
+    "metrics, expected",
+    [
+        (METRICS, {"Detection AUC": "0.970", "Type accuracy": "0.910"}),
+        (
+            {"detection": {"auc": 0.5}},
+            {"Detection AUC": "0.500", "Sensitivity": "not available"},
+        ),
+        ("{not json", {"Detection AUC": "not available"}),
+    ],
+)
+def test_model_card_renders_what_it_has(monkeypatch, tmp_path, metrics, expected):
+    import json
+
+    text = metrics if isinstance(metrics, str) else json.dumps(metrics)
+    (tmp_path / "metrics.json").write_text(text)
+    (tmp_path / "training_log_classifier.csv").write_text(
+        "epoch,acc,loss,val_acc,val_loss,lr\n0,0.6,1.0,0.6,0.9,0.001\n1,0.8,0.6,0.7,0.7,0.001\n"
+    )
+    monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
+    at = run_app("views/model_card.py")
+    assert not at.exception, at.exception
+    for label, value in expected.items():
+        assert metric(at, label) == value
+    assert "Segmenter: Not available yet." in texts(at)
+    assert "non-commercial" in texts(at)

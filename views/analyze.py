@@ -229,6 +229,7 @@ uploaded = st.file_uploader(
 
 case = None
 if uploaded is not None:
+    st.session_state.pop(ui.GALLERY_PICK_KEY, None)  # an upload replaces a gallery pick
     data, name = uploaded.getvalue(), uploaded.name
 else:
     pick = st.session_state.get(ui.GALLERY_PICK_KEY)
@@ -244,7 +245,11 @@ else:
             icon=":material/photo_library:",
         )
         st.stop()
-    data, name = case.image.read_bytes(), case.image.name
+    try:
+        data, name = case.image.read_bytes(), case.image.name
+    except OSError:
+        st.error(f"Gallery case {case.id} is missing its image file.")
+        st.stop()
     c1, c2 = st.columns([5, 1], vertical_alignment="center")
     c1.info(
         f"Gallery case **{case.id}** — expert label: {ui.label(case.label)}, "
