@@ -42,7 +42,7 @@ def png_bytes(gray: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def dicom_bytes(gray: np.ndarray, spacing: float = 0.5) -> bytes:
+def dicom_bytes(gray: np.ndarray, spacing: float = 0.5, frames: int = 1) -> bytes:
     """A minimal MR DICOM with PixelSpacing and an identifying name."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -65,7 +65,10 @@ def dicom_bytes(gray: np.ndarray, spacing: float = 0.5) -> bytes:
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.PixelData = (gray.astype(np.uint16) * 4).tobytes()
+    pixels = np.stack([gray.astype(np.uint16) * (4 + i) for i in range(frames)])
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = pixels.tobytes()
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

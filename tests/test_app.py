@@ -249,3 +249,13 @@ def test_model_card_renders_what_it_has(monkeypatch, tmp_path, metrics, expected
         assert metric(at, label) == value
     assert "Segmenter: Not available yet." in texts(at)
     assert "non-commercial" in texts(at)
+
+
+def test_multiframe_dicom_has_a_frame_selector(fake_pipeline):
+    at = upload(run_app(), "multi.dcm", dicom_bytes(phantom(), frames=3))
+    frame = next(s for s in at.slider if s.label == "Frame")
+    assert (frame.min, frame.max) == (0, 2)
+    frame.set_value(2).run()
+    assert not at.exception, at.exception
+    assert fake_pipeline.runs == 2
+    assert "Tumour detected" in texts(at)
