@@ -36,6 +36,10 @@ CLASS_LABELS = {
     "meningioma": "Meningioma",
     "pituitary": "Pituitary adenoma",
 }
+SOURCE_LABELS = {
+    "lgg": "LGG · FLAIR",
+    "figshare": "figshare · T1 contrast",
+}
 SHORT_HASH = 12  # hex digits of a sha256 shown in the UI
 GALLERY_PICK_KEY = "gallery_pick"  # session_state key the gallery hands to Analyze
 DISCLAIMER = (
@@ -211,6 +215,13 @@ def label(name: str | None) -> str:
     if not name:
         return "—"
     return CLASS_LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def source_label(source: str | None) -> str:
+    """Display name of a gallery source key."""
+    if not source:
+        return "unknown source"
+    return SOURCE_LABELS.get(source.lower(), source)
 
 
 def get_path(data: Any, *keys: str) -> Any:

@@ -253,7 +253,7 @@ else:
     c1, c2 = st.columns([5, 1], vertical_alignment="center")
     c1.info(
         f"Gallery case **{case.id}** — expert label: {ui.label(case.label)}, "
-        f"source: {case.source}. Expert outline in green, model in red."
+        f"source: {ui.source_label(case.source)}. Expert outline in green, model in red."
     )
     if c2.button("Clear", key="clear_pick"):
         st.session_state.pop(ui.GALLERY_PICK_KEY, None)

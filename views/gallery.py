@@ -37,7 +37,7 @@ def case_tile(pipeline, case: ui.GalleryCase) -> None:
     from tumor.overlay import draw_comparison
 
     with st.container(border=True):
-        st.markdown(f"**{ui.label(case.label)}** · {case.source}")
+        st.markdown(f"**{ui.label(case.label)}** · {ui.source_label(case.source)}")
         try:
             data, scan = ui.case_scan(case)
             analysis = ui.analyze_cached(ui.case_key(case, data), pipeline, scan)
