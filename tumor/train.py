@@ -1,0 +1,332 @@
+"""Training CLI: ``python -m tumor.train classifier|segmenter``.
+
+Backend-agnostic Keras 3: it runs on TensorFlow here (``mixed_bfloat16`` on
+the CPU) and on JAX or PyTorch on a GPU machine. Augmentation runs inside the
+training graph, so the same code feeds a CPU or a GPU. Only the inner network's
+weights are saved, as ``<kind>.weights.h5``, next to ``args.json`` and a
+training-log CSV; the best epoch on validation wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from tumor import models
+
+# Recipe defaults (see MODEL_CARD.md for what the shipped weights used).
+AUG_ROTATION = 10 / 360  # fraction of a full turn: +-10 degrees
+AUG_ZOOM = 0.12
+AUG_SHIFT = 0.06
+AUG_CONTRAST = 0.3
+AUG_BRIGHTNESS = 0.15
+SEG_NEGATIVE_FRACTION = 0.3  # tumour-free slices per positive slice in segmenter training
+
+
+def geometric_augmenter(seed: int) -> keras.Sequential:
+    """Random flips, rotations, zooms and shifts, shared by image and mask."""
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
+            layers.RandomRotation(AUG_ROTATION, fill_mode="constant", seed=seed + 1, name="aug_rotate"),
+            layers.RandomZoom(AUG_ZOOM, fill_mode="constant", seed=seed + 2, name="aug_zoom"),
+            layers.RandomTranslation(AUG_SHIFT, AUG_SHIFT, fill_mode="constant", seed=seed + 3, name="aug_shift"),
+        ],
+        name="geometric_augmenter",
+    )
+
+
+def intensity_augmenter(seed: int) -> keras.Sequential:
+    """Random contrast and brightness on images in [0, 255]."""
+    return keras.Sequential(
+        [
+            layers.RandomContrast(AUG_CONTRAST, value_range=(0, 255), seed=seed + 4, name="aug_contrast"),
+            layers.RandomBrightness(AUG_BRIGHTNESS, value_range=(0, 255), seed=seed + 5, name="aug_brightness"),
+        ],
+        name="intensity_augmenter",
+    )
+
+
+class ClassifierTrainer(keras.Model):
+    """Wraps the classifier with in-graph augmentation; input is uint8 RGB."""
+
+    def __init__(self, net: keras.Model, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.net = net
+        self.geometric = geometric_augmenter(seed)
+        self.intensity = intensity_augmenter(seed)
+
+    def call(self, x, training=False):
+        x = keras.ops.cast(x, "float32")
+        if training:
+            x = self.intensity(self.geometric(x, training=True), training=True)
+            x = keras.ops.clip(x, 0.0, 255.0)
+        return self.net(models.preprocess_classifier(x), training=training)
+
+
+class SegmenterTrainer(keras.Model):
+    """Wraps the segmenter; input is uint8 (N, S, S, 4): RGB plus the mask.
+
+    The mask travels through the same geometric augmentation as the image and
+    comes out as the second output channel, where ``dice_bce_loss`` reads it.
+    """
+
+    def __init__(self, net: keras.Model, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.net = net
+        self.geometric = geometric_augmenter(seed)
+        self.intensity = intensity_augmenter(seed)
+
+    def call(self, x, training=False):
+        x = keras.ops.cast(x, "float32")
+        if training:
+            x = self.geometric(x, training=True)
+        image, mask = x[..., :3], x[..., 3:]
+        if training:
+            image = keras.ops.clip(self.intensity(image, training=True), 0.0, 255.0)
+        mask = keras.ops.cast(mask > 0.5, "float32")
+        pred = keras.ops.cast(self.net(models.preprocess_segmenter(image), training=training), "float32")
+        return keras.ops.concatenate([pred, mask], axis=-1)
+
+
+def dice_bce_loss(y_true, y_pred, smooth: float = 1.0):
+    """Soft Dice over the batch plus binary cross-entropy.
+
+    ``y_pred`` carries the prediction in channel 0 and the (augmented) target
+    in channel 1; ``y_true`` is ignored.
+    """
+    del y_true
+    pred = keras.ops.clip(y_pred[..., 0], 1e-6, 1 - 1e-6)
+    target = y_pred[..., 1]
+    bce = -keras.ops.mean(target * keras.ops.log(pred) + (1 - target) * keras.ops.log(1 - pred))
+    inter = keras.ops.sum(pred * target)
+    dice = (2 * inter + smooth) / (keras.ops.sum(pred) + keras.ops.sum(target) + smooth)
+    return bce + 1 - dice
+
+
+def hard_dice_metric(y_true, y_pred):
+    """Dice of the 0.5-thresholded prediction over the batch (for the log)."""
+    del y_true
+    pred = keras.ops.cast(y_pred[..., 0] > 0.5, "float32")
+    target = y_pred[..., 1]
+    return (2 * keras.ops.sum(pred * target) + 1) / (keras.ops.sum(pred) + keras.ops.sum(target) + 1)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Cosine learning rate over a wall-time budget, with a linear warm-up.
+
+    The learning rate is set at each epoch's start from the fraction of the
+    budget used, so the schedule anneals fully whatever the hardware's speed;
+    training stops once the budget is spent or ``max_epochs`` are done.
+    """
+
+    def __init__(self, base_lr: float, budget_s: float, warmup_epochs: int = 2, min_lr_fraction: float = 0.01):
+        super().__init__()
+        self.base_lr, self.budget_s, self.warmup = base_lr, budget_s, warmup_epochs
+        self.min_lr = base_lr * min_lr_fraction
+        self.t0 = 0.0
+        self.epoch_s: list[float] = []
+
+    def on_train_begin(self, logs=None):
+        self.t0 = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.monotonic()
+        frac = min(1.0, (time.monotonic() - self.t0) / self.budget_s)
+        if epoch < self.warmup:
+            lr = self.base_lr * (epoch + 1) / (self.warmup + 1)
+        else:
+            lr = self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * frac))
+        self.model.optimizer.learning_rate = lr
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_s.append(time.monotonic() - self._epoch_start)
+        if logs is not None:
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["elapsed_s"] = time.monotonic() - self.t0
+        # Stop when the next epoch would overrun the budget.
+        typical = float(np.median(self.epoch_s[-3:]))
+        if time.monotonic() - self.t0 + typical > self.budget_s:
+            self.model.stop_training = True
+
+
+class SaveBestInner(keras.callbacks.Callback):
+    """Saves the inner network's weights whenever the monitored value improves."""
+
+    def __init__(self, net: keras.Model, path: Path, monitor: str, mode: str = "max"):
+        super().__init__()
+        self.net, self.path, self.monitor, self.mode = net, path, monitor, mode
+        self.best = -np.inf if mode == "max" else np.inf
+        self.best_epoch = -1
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        better = value > self.best if self.mode == "max" else value < self.best
+        if better:
+            self.best, self.best_epoch = float(value), epoch
+            self.net.save_weights(str(self.path))
+
+
+def segmenter_subset(arrays: dict[str, np.ndarray], seed: int, negative_fraction: float) -> np.ndarray:
+    """Indices for the segmenter: every slice with a tumour mask plus some tumour-free ones.
+
+    Only sources with expert masks count as positives; negatives are drawn from
+    tumour-free slices (masked sources' empty slices and healthy sets) so the
+    segmenter learns to return an empty mask when the classifier errs.
+    """
+    has_mask = arrays["masks"].reshape(len(arrays["masks"]), -1).any(axis=1)
+    tumour = arrays["labels"] != 0
+    positives = np.flatnonzero(has_mask)
+    negatives = np.flatnonzero(~tumour & ~has_mask)
+    rng = np.random.default_rng(seed)
+    n_neg = min(len(negatives), int(round(negative_fraction * len(positives))))
+    chosen = rng.choice(negatives, n_neg, replace=False) if n_neg else np.array([], int)
+    return np.sort(np.concatenate([positives, chosen]))
+
+
+def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
+    from tumor import data
+
+    if args.packed:
+        return data.load_packed(Path(args.packed) / f"{split}.npz")
+    df = data.load_split(data.read_manifest(args.manifest))
+    df = df[df["split"] == split]
+    if args.limit:
+        df = df.groupby("label", group_keys=False).head(args.limit)
+    arrays = data.load_arrays(df, args.size)
+    arrays["sources"] = df["source"].to_numpy()
+    return arrays
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Trains one model as ``args`` says and returns a summary dict."""
+    keras.utils.set_random_seed(args.seed)
+    if args.precision == "mixed_bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.kind}_args.json").write_text(json.dumps(vars(args), indent=2))
+
+    t_load = time.monotonic()
+    tr, va = _load(args, "train"), _load(args, "val")
+    if args.size != tr["images"].shape[1]:
+        import cv2
+
+        for arrs in (tr, va):
+            arrs["images"] = np.stack([cv2.resize(i, (args.size, args.size), cv2.INTER_AREA) for i in arrs["images"]])
+            arrs["masks"] = np.stack([cv2.resize(m, (args.size, args.size), cv2.INTER_NEAREST) for m in arrs["masks"]])
+    print(f"loaded train={len(tr['labels'])} val={len(va['labels'])} in {time.monotonic() - t_load:.1f}s", flush=True)
+
+    weights_path = out / f"{args.kind}.weights.h5"
+    if args.kind == "classifier":
+        net = models.build_classifier(args.size, weights=None if args.init == "random" else args.init)
+        if args.resume:
+            net.load_weights(args.resume)
+        model = ClassifierTrainer(net, seed=args.seed)
+        x_tr, x_va = tr["images"], va["images"]
+        y_tr = keras.utils.to_categorical(tr["labels"], len(models.CLASS_NAMES))
+        y_va = keras.utils.to_categorical(va["labels"], len(models.CLASS_NAMES))
+        from tumor.data import class_weights
+
+        cw = class_weights(tr["labels"])
+        sw_tr = np.array([cw[int(c)] for c in tr["labels"]], np.float32)
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="acc")]
+        monitor, mode = "val_acc", "max"
+    else:
+        net = models.build_segmenter(args.size)
+        if args.resume:
+            net.load_weights(args.resume)
+        model = SegmenterTrainer(net, seed=args.seed)
+        idx_tr = segmenter_subset(tr, args.seed, SEG_NEGATIVE_FRACTION)
+        idx_va = segmenter_subset(va, args.seed, SEG_NEGATIVE_FRACTION)
+        x_tr = np.concatenate([tr["images"][idx_tr], tr["masks"][idx_tr, ..., None]], axis=-1)
+        x_va = np.concatenate([va["images"][idx_va], va["masks"][idx_va, ..., None]], axis=-1)
+        y_tr, y_va = tr["masks"][idx_tr, ..., None], va["masks"][idx_va, ..., None]
+        sw_tr = None
+        cw = None
+        loss = dice_bce_loss
+        metrics = [hard_dice_metric]
+        monitor, mode = "val_hard_dice_metric", "max"
+    # Whole batches only: a ragged last batch makes XLA compile the step
+    # again (minutes on a GPU). A seeded shuffle picks the few left out.
+    rng = np.random.default_rng(args.seed)
+    keep_tr = np.sort(rng.permutation(len(x_tr))[: len(x_tr) // args.batch * args.batch])
+    keep_va = np.sort(rng.permutation(len(x_va))[: len(x_va) // args.batch * args.batch])
+    x_tr, y_tr, x_va, y_va = x_tr[keep_tr], y_tr[keep_tr], x_va[keep_va], y_va[keep_va]
+    if sw_tr is not None:
+        sw_tr = sw_tr[keep_tr]
+    print(f"{args.kind}: {len(x_tr)} training and {len(x_va)} validation slices", flush=True)
+
+    optimizer = keras.optimizers.AdamW(learning_rate=args.lr, weight_decay=args.weight_decay)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    budget = TimeBudget(args.lr, args.budget_s, warmup_epochs=args.warmup_epochs)
+    saver = SaveBestInner(net, weights_path, monitor, mode)
+    log_path = out / f"training_log_{args.kind}.csv"
+    t0 = time.monotonic()
+    history = model.fit(
+        x_tr,
+        y_tr,
+        sample_weight=sw_tr,
+        validation_data=(x_va, y_va),
+        batch_size=args.batch,
+        epochs=args.max_epochs,
+        shuffle=True,
+        callbacks=[budget, saver, keras.callbacks.CSVLogger(str(log_path))],
+        verbose=2,
+    )
+    summary = {
+        "kind": args.kind,
+        "backend": keras.backend.backend(),
+        "epochs_run": len(history.history["loss"]),
+        "best_epoch": saver.best_epoch + 1,
+        f"best_{monitor}": saver.best,
+        "train_wall_s": round(time.monotonic() - t0, 1),
+        "n_train": int(len(x_tr)),
+        "n_val": int(len(x_va)),
+        "class_weights": cw,
+    }
+    (out / f"{args.kind}_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train the tumour classifier or segmenter.")
+    p.add_argument("kind", choices=["classifier", "segmenter"])
+    p.add_argument("--manifest", default="../shared/data/manifest.csv", help="manifest CSV (default: %(default)s)")
+    p.add_argument("--packed", default="", help="folder with packed train.npz/val.npz instead of --manifest (default: none)")
+    p.add_argument("--out", default="runs/latest", help="output folder (default: %(default)s)")
+    p.add_argument("--size", type=int, default=models.INPUT_SIZE, help="input side in pixels (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="classifier label smoothing (default: %(default)s)")
+    p.add_argument("--max-epochs", type=int, default=200, help="upper bound on epochs (default: %(default)s)")
+    p.add_argument("--budget-s", type=float, default=3600, help="wall-time budget for fit (default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=int, default=2, help="linear warm-up epochs (default: %(default)s)")
+    p.add_argument("--init", choices=["random", "imagenet"], default="random", help="backbone init (default: %(default)s)")
+    p.add_argument("--resume", default="", help="inner-network weights to start from (default: none)")
+    p.add_argument("--precision", default="mixed_bfloat16", help="Keras dtype policy (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=0, help="rows per label per split, 0 = all (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1337, help="random seed (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
