@@ -184,7 +184,7 @@ class FakePipeline:
         n = volume.n_slices(plane)
         for i in range(n):
             if progress:
-                progress(i, n)
+                progress(i + 1, n)
         return FakeVolumeAnalysis([0.9] * n, [100] * n, n // 2, 1.5)
 
 

@@ -172,9 +172,9 @@ def run_volume(pipeline, data: bytes, name: str | None, digest: str) -> None:
     ):
         bar = st.progress(0.0, text="Analysing slices…")
 
-        def progress(i: int, total: int) -> None:
+        def progress(done: int, total: int) -> None:
             bar.progress(
-                min(1.0, (i + 1) / max(total, 1)), text=f"Slice {i + 1} of {total}"
+                min(1.0, done / max(total, 1)), text=f"{done} of {total} slices"
             )
 
         try:
