@@ -1,0 +1,228 @@
+"""Evaluation CLI: ``python -m tumor.evaluate --manifest PATH [--split test|val|all] --out metrics.json``.
+
+Runs the shipped pipeline exactly as the app does (``Pipeline.analyze`` on
+each slice read by ``tumor.io``) over every row of a manifest, or over one
+split of it, and writes detection, type and segmentation metrics overall and
+per source. ``--calibrate`` instead picks the tumour and mask thresholds on
+the validation split and writes them into ``weights/manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+from tumor import data, metrics
+from tumor.io import read_image
+from tumor.models import CLASS_NAMES, TUMOR_TYPES
+
+ROC_POINTS = 101  # points kept of the ROC curve, for plotting
+MASK_THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.05), 2)
+
+
+def _read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    if not path:
+        return np.zeros(shape, bool)
+    from PIL import Image
+
+    with Image.open(path) as img:
+        mask = np.array(img.convert("L")) > 0
+    if mask.shape != shape:
+        raise ValueError(f"Mask {path} has shape {mask.shape} but its image has {shape}")
+    return mask
+
+
+def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.DataFrame:
+    """Analyses every row; returns per-row predictions and probability maps.
+
+    Returns:
+        A copy of ``df`` with ``probs`` (4,), ``p_tumor``, ``pred`` (cascade
+        class), ``type_pred`` (argmax over the three tumour types), ``truth``
+        (bool mask) and ``prob_map`` (None when negative) columns.
+    """
+    rows = []
+    t0 = time.monotonic()
+    for i, (image_file, mask_file) in enumerate(zip(df["image_file"], df["mask_file"], strict=True)):
+        rgb = read_image(image_file)
+        a = pipeline.analyze(rgb)
+        probs = np.array([a.probabilities[c] for c in CLASS_NAMES])
+        rows.append(
+            {
+                "probs": probs,
+                "p_tumor": a.p_tumor,
+                "pred": a.predicted_class,
+                "type_pred": TUMOR_TYPES[int(np.argmax(probs[1:]))],
+                "truth": _read_mask(mask_file, rgb.shape[:2]),
+                "prob_map": a.prob_map,
+            }
+        )
+        if progress_every and (i + 1) % progress_every == 0:
+            print(f"  {i + 1}/{len(df)} slices, {time.monotonic() - t0:.0f}s", flush=True)
+    out = df.reset_index(drop=True).copy()
+    for key in rows[0] if rows else []:
+        out[key] = [r[key] for r in rows]
+    return out
+
+
+def _mask(prob_map: np.ndarray | None, shape: tuple[int, int], threshold: float) -> np.ndarray:
+    return np.zeros(shape, bool) if prob_map is None else prob_map >= threshold
+
+
+def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float) -> dict:
+    """Detection, type and segmentation figures for the rows of ``res``."""
+    y = (res["label"] != "no_tumor").to_numpy()
+    p = res["p_tumor"].to_numpy(dtype=float)
+    out: dict = {"n_slices": int(len(res)), "n_tumor": int(y.sum()), "n_no_tumor": int((~y).sum())}
+
+    detected = p >= tumor_threshold
+    sens, spec = metrics.sensitivity_specificity(y, detected)
+    det = {
+        "threshold": tumor_threshold,
+        "sensitivity": None if np.isnan(sens) else float(sens),
+        "specificity": None if np.isnan(spec) else float(spec),
+        "auc": None,
+    }
+    if y.any() and (~y).any():
+        det["auc"] = float(roc_auc_score(y, p))
+        fpr, tpr, _ = roc_curve(y, p)
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(ROC_POINTS, len(fpr))).round().astype(int))
+        det["roc"] = {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()}
+    out["detection"] = det
+
+    tumour = res[y]
+    type_acc = float((tumour["type_pred"] == tumour["label"]).mean()) if len(tumour) else None
+    cm = confusion_matrix(res["label"], res["pred"], labels=list(CLASS_NAMES))
+    out["type"] = {
+        "accuracy": type_acc,
+        "cascade_accuracy": float((res["pred"] == res["label"]).mean()) if len(res) else None,
+        "labels": list(CLASS_NAMES),
+        "confusion": cm.tolist(),
+    }
+
+    dices = {}
+    for i, row in res.iterrows():
+        if row["truth"].any():
+            dices[i] = metrics.dice(_mask(row["prob_map"], row["truth"].shape, mask_threshold), row["truth"])
+    seg: dict = {"mask_threshold": mask_threshold}
+    seg["tumor_slice_dice_mean"] = float(np.mean(list(dices.values()))) if dices else None
+    seg["dice_values"] = [round(float(v), 4) for v in dices.values()]
+    fig = [dices[i] for i in res.index[res["source"] == "figshare_cheng"] if i in dices]
+    seg["figshare_slice_dice_mean"] = float(np.mean(fig)) if fig else None
+    lgg = res[res["source"] == "lgg_kaggle_3m"]
+    patient_dice = {}
+    for patient, rows in lgg.groupby("patient_id"):
+        inter = pred_sum = truth_sum = 0
+        for _, row in rows.iterrows():
+            pred = _mask(row["prob_map"], row["truth"].shape, mask_threshold)
+            inter += int(np.logical_and(pred, row["truth"]).sum())
+            pred_sum += int(pred.sum())
+            truth_sum += int(row["truth"].sum())
+        if truth_sum + pred_sum:
+            patient_dice[patient] = 2 * inter / (pred_sum + truth_sum)
+        else:
+            patient_dice[patient] = 1.0
+    seg["lgg_patient_dice_mean"] = float(np.mean(list(patient_dice.values()))) if patient_dice else None
+    seg["lgg_patient_dice"] = {k: round(float(v), 4) for k, v in patient_dice.items()}
+    out["segmentation"] = seg
+    return out
+
+
+def compute_metrics(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float) -> dict:
+    """Overall figures plus ``per_source.<source>`` for the analysed rows."""
+    result = _summary(res, tumor_threshold, mask_threshold)
+    result["per_source"] = {
+        source: _summary(part, tumor_threshold, mask_threshold) for source, part in res.groupby("source")
+    }
+    for part in result["per_source"].values():
+        part["segmentation"].pop("dice_values", None)
+    return result
+
+
+def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, float]:
+    """Picks thresholds on validation rows.
+
+    The tumour threshold maximises Youden's J among thresholds that keep
+    sensitivity at ``min_sensitivity`` or more (a missed tumour costs more than a
+    false alarm); the mask threshold maximises the mean Dice on tumour slices.
+    """
+    y = (res["label"] != "no_tumor").to_numpy()
+    p = res["p_tumor"].to_numpy(dtype=float)
+    fpr, tpr, thr = roc_curve(y, p)
+    ok = tpr >= min_sensitivity
+    j = np.where(ok, tpr - fpr, -np.inf)
+    tumor_t = float(np.clip(thr[int(np.argmax(j))], 0.05, 0.95))
+    best_mask_t, best_dice = 0.5, -1.0
+    tumour_rows = [(row["prob_map"], row["truth"]) for _, row in res.iterrows() if row["truth"].any()]
+    for t in MASK_THRESHOLDS:
+        d = np.mean([metrics.dice(_mask(pm, tr.shape, float(t)), tr) for pm, tr in tumour_rows]) if tumour_rows else 0
+        if d > best_dice:
+            best_mask_t, best_dice = float(t), float(d)
+    return round(tumor_t, 4), best_mask_t
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True, help="manifest CSV to evaluate (default: none)")
+    parser.add_argument(
+        "--split", choices=["train", "val", "test", "all"], default="all",
+        help="rows to evaluate, by the committed split; 'all' takes every row (default: %(default)s)",
+    )
+    parser.add_argument("--weights", default=None, help="weights folder (default: the repository's weights/)")
+    parser.add_argument("--out", default="metrics.json", help="JSON file to write (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows, 0 = all (default: %(default)s)")
+    parser.add_argument(
+        "--calibrate", action="store_true",
+        help="choose thresholds on these rows and write them to the weights manifest (default: off)",
+    )
+    args = parser.parse_args(argv)
+
+    from tumor.pipeline import Pipeline
+
+    df = data.read_manifest(args.manifest)
+    if args.split != "all":
+        df = data.load_split(df)
+        df = df[df["split"] == args.split]
+    if args.limit:
+        df = df.head(args.limit)
+    pipeline = Pipeline.from_weights_dir(args.weights)
+    t0 = time.monotonic()
+    if args.calibrate:
+        pipeline.tumor_threshold = 0.0  # segment every slice so the mask threshold can be chosen
+    res = run_pipeline(pipeline, df)
+    if args.calibrate:
+        from tumor import weights as weights_lib
+
+        tumor_t, mask_t = calibrate(res)
+        wdir = Path(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
+        manifest = json.loads((wdir / weights_lib.MANIFEST_NAME).read_text())
+        manifest["thresholds"] = {"tumor": tumor_t, "mask": mask_t, "chosen_on": f"{args.split} split"}
+        (wdir / weights_lib.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        print(json.dumps({"tumor_threshold": tumor_t, "mask_threshold": mask_t}))
+        return
+    result = compute_metrics(res, pipeline.tumor_threshold, pipeline.mask_threshold)
+    result["model_version"] = pipeline.version
+    result["weights_sha256"] = pipeline.weights_sha256
+    result["manifest"] = Path(args.manifest).name
+    result["split"] = args.split
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    headline = {
+        "n_slices": result["n_slices"],
+        "detection.auc": result["detection"]["auc"],
+        "sensitivity": result["detection"]["sensitivity"],
+        "specificity": result["detection"]["specificity"],
+        "type.accuracy": result["type"]["accuracy"],
+        "lgg_patient_dice_mean": result["segmentation"]["lgg_patient_dice_mean"],
+        "figshare_slice_dice_mean": result["segmentation"]["figshare_slice_dice_mean"],
+    }
+    print(json.dumps(headline, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The weights registry: which files, their sha256, version and settings.
+
+``weights/manifest.json`` pins every weights file by hash. Loading verifies
+the hash before Keras ever opens the file; a missing or altered file raises
+``WeightsError`` and nothing falls back to random weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tumor.errors import WeightsError
+from tumor.models import CLASS_NAMES
+
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+MANIFEST_NAME = "manifest.json"
+METRICS_NAME = "metrics.json"
+MODEL_KINDS = ("classifier", "segmenter")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One weights file of the registry.
+
+    Attributes:
+        kind: ``"classifier"`` or ``"segmenter"``.
+        path: absolute path of the ``.weights.h5`` file.
+        sha256: expected hex digest of the file.
+        input_size: side of the square input the model was trained at.
+        build_kwargs: keyword arguments for the model's builder.
+    """
+
+    kind: str
+    path: Path
+    sha256: str
+    input_size: int
+    build_kwargs: dict
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The parsed ``manifest.json``.
+
+    Attributes:
+        version: model version shown beside every prediction.
+        class_names: class order of the classifier's output.
+        tumor_threshold: P(tumour) at or above which a slice counts as positive.
+        mask_threshold: default probability threshold of the tumour mask.
+        models: ``kind -> ModelEntry``.
+    """
+
+    version: str
+    class_names: tuple[str, ...]
+    tumor_threshold: float
+    mask_threshold: float
+    models: dict[str, ModelEntry]
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
+    """Parses ``weights_dir/manifest.json``.
+
+    Raises:
+        WeightsError: the manifest is missing, unreadable or incomplete.
+    """
+    weights_dir = Path(weights_dir)
+    manifest = weights_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        raise WeightsError(
+            f"No model weights found: {manifest} is missing. Restore the weights/ folder from the repository "
+            "(git checkout -- weights) or train them with `python -m tumor.train`."
+        )
+    try:
+        raw = json.loads(manifest.read_text())
+        models = {}
+        for kind in MODEL_KINDS:
+            entry = raw["models"][kind]
+            models[kind] = ModelEntry(
+                kind=kind,
+                path=weights_dir / Path(entry["file"]).name,
+                sha256=str(entry["sha256"]).lower(),
+                input_size=int(entry["input_size"]),
+                build_kwargs=dict(entry.get("build_kwargs", {})),
+            )
+        registry = Registry(
+            version=str(raw["version"]),
+            class_names=tuple(raw["class_names"]),
+            tumor_threshold=float(raw["thresholds"]["tumor"]),
+            mask_threshold=float(raw["thresholds"]["mask"]),
+            models=models,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise WeightsError(f"{manifest} is malformed ({type(err).__name__}: {err}); restore it from the repository.") from err
+    if registry.class_names != CLASS_NAMES:
+        raise WeightsError(
+            f"{manifest} lists classes {registry.class_names}, but this code expects {CLASS_NAMES}. "
+            "The weights and the code are from different versions."
+        )
+    return registry
+
+
+def verify(entry: ModelEntry) -> None:
+    """Checks that ``entry.path`` exists and matches its pinned sha256.
+
+    Raises:
+        WeightsError: the file is missing or its hash differs.
+    """
+    if not entry.path.is_file():
+        raise WeightsError(
+            f"The {entry.kind} weights file {entry.path.name} is missing from {entry.path.parent}. "
+            "Restore it from the repository (it is tracked in git)."
+        )
+    actual = sha256_file(entry.path)
+    if actual != entry.sha256:
+        raise WeightsError(
+            f"The {entry.kind} weights file {entry.path.name} does not match its pinned hash "
+            f"(expected sha256 {entry.sha256[:12]}…, found {actual[:12]}…). It may be corrupt or tampered with; "
+            "the app refuses to predict with it. Restore it from the repository."
+        )
+
+
+def load_model(entry: ModelEntry):
+    """Builds the model of ``entry`` and loads its verified weights.
+
+    Returns:
+        A ``keras.Model`` ready for ``model(x, training=False)``.
+    """
+    from tumor import models
+
+    verify(entry)
+    builder = models.build_classifier if entry.kind == "classifier" else models.build_segmenter
+    model = builder(input_size=entry.input_size, **entry.build_kwargs)
+    try:
+        model.load_weights(str(entry.path))
+    except Exception as err:  # h5py and Keras raise many types for a bad file
+        raise WeightsError(f"The {entry.kind} weights in {entry.path.name} could not be loaded: {err}") from err
+    return model
+
+
+def read_metrics(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> dict | None:
+    """Returns ``metrics.json`` as a dict, or None when absent or unreadable."""
+    path = Path(weights_dir) / METRICS_NAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_manifest(
+    weights_dir: str | Path,
+    *,
+    version: str,
+    input_sizes: dict[str, int],
+    build_kwargs: dict[str, dict],
+    tumor_threshold: float,
+    mask_threshold: float,
+    extra: dict | None = None,
+) -> dict:
+    """Writes ``manifest.json`` with the current files' hashes; returns it."""
+    weights_dir = Path(weights_dir)
+    manifest = {
+        "version": version,
+        "class_names": list(CLASS_NAMES),
+        "thresholds": {"tumor": tumor_threshold, "mask": mask_threshold},
+        "models": {
+            kind: {
+                "file": f"{kind}.weights.h5",
+                "sha256": sha256_file(weights_dir / f"{kind}.weights.h5"),
+                "input_size": input_sizes[kind],
+                "build_kwargs": build_kwargs.get(kind, {}),
+            }
+            for kind in MODEL_KINDS
+        },
+        **(extra or {}),
+    }
+    (weights_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
