@@ -146,7 +146,8 @@ def test_upload_slice_shows_verdict_and_outline(page, tmp_path):
         name, data = path.name, path.read_bytes()
     else:
         name, data = "phantom.png", png_bytes(phantom(256))
-    upload(page, name, data, "image/png")
+    mime = "image/jpeg" if name.lower().endswith((".jpg", ".jpeg")) else "image/png"
+    upload(page, name, data, mime)
     assert page.get_by_text("Research demo, not for diagnosis").first.is_visible()
     caption = page.get_by_text(
         re.compile(r"Model outline \(red\)|No tumour outlined")
