@@ -164,8 +164,12 @@ class FakePipeline:
         self.metrics = {"n_slices": 10, "detection": {"auc": 0.99}}
 
     def analyze(self, scan) -> FakeAnalysis:
-        self.runs += 1
         rgb = np.asarray(getattr(scan, "rgb", scan))
+        if min(rgb.shape[:2]) < 8:  # as tumor.pipeline does
+            raise ValueError(
+                f"Expected a slice at least 8x8. Received: shape={rgb.shape}"
+            )
+        self.runs += 1
         gray = rgb[..., 0].astype(np.float32) / 255.0
         return FakeAnalysis(
             image=rgb,

@@ -122,12 +122,14 @@ def _keys(at: AppTest) -> list[str]:
         ("notes.txt", b"this is not an image"),
         ("empty.png", b""),
         ("broken.nii.gz", b"\x1f\x8b\x08garbage"),
+        ("tiny.png", png_bytes(phantom(4))),
     ],
 )
 def test_bad_upload_shows_friendly_error(fake_pipeline, name, data):
     at = upload(run_app(), name, data)
     assert any("cannot be analysed" in e.value for e in at.error)
     assert fake_pipeline.runs == 0
+    assert not at.metric
 
 
 def test_nifti_volume_slices_and_sweep(fake_pipeline):

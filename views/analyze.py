@@ -57,7 +57,8 @@ def analyse_slice(pipeline, scan, key: str, name: str | None, expert_mask=None) 
     """Analyses one slice (cached) and renders the result."""
     try:
         analysis = ui.analyze_cached(key, pipeline, scan)
-    except InputError as exc:
+    except (InputError, ValueError) as exc:
+        # ValueError: the pipeline's own shape check (e.g. a slice under 8 px).
         ui.show_input_error(exc)
         return
     ui.render_analysis(

@@ -41,7 +41,7 @@ def case_tile(pipeline, case: ui.GalleryCase) -> None:
         try:
             data, scan = ui.case_scan(case)
             analysis = ui.analyze_cached(ui.case_key(case, data), pipeline, scan)
-        except (InputError, OSError) as exc:
+        except (InputError, OSError, ValueError) as exc:
             st.error(f"Case {case.id} cannot be shown: {exc}")
             return
         expert = ui.read_expert_mask(case, scan.shape)
