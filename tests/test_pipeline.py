@@ -1,0 +1,232 @@
+"""The cascade with stub models, the weights registry, and real-weights checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tumor import weights as weights_lib
+from tumor.errors import WeightsError
+from tumor.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
+GALLERY = ROOT / "gallery"
+HAS_WEIGHTS = (WEIGHTS / "manifest.json").is_file()
+needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
+
+
+class StubClassifier:
+    """Returns fixed probabilities and counts its calls."""
+
+    def __init__(self, probs):
+        self.probs = np.asarray(probs, np.float32)[None]
+        self.calls = 0
+
+    def __call__(self, x, training=False):
+        assert training is False and x.shape[0] == 1
+        self.calls += 1
+        return self.probs
+
+
+class StubSegmenter:
+    """Returns a radial probability map: 1 at the centre falling to 0 at the edge."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, training=False):
+        assert training is False
+        self.calls += 1
+        s = x.shape[1]
+        y, xx = np.mgrid[:s, :s]
+        r = np.hypot(y - s / 2, xx - s / 2) / (s / 2)
+        return np.clip(1 - r, 0, 1).astype(np.float32)[None, ..., None]
+
+
+def _pipeline(probs):
+    return Pipeline(
+        StubClassifier(probs), StubSegmenter(), classifier_size=32, segmenter_size=32, tumor_threshold=0.5
+    )
+
+
+def _slice(h=60, w=90):
+    img = np.zeros((h, w, 3), np.uint8)
+    img[10:-10, 10:-10] = 120
+    return img
+
+
+@pytest.mark.parametrize(
+    ("probs", "detected", "predicted", "seg_calls"),
+    [
+        ((0.9, 0.05, 0.03, 0.02), False, "no_tumor", 0),
+        ((0.51, 0.1, 0.3, 0.09), False, "no_tumor", 0),  # P(tumour) 0.49 < 0.5
+        ((0.2, 0.1, 0.6, 0.1), True, "meningioma", 1),
+        ((0.4, 0.35, 0.05, 0.2), True, "glioma", 1),
+        ((0.0, 0.0, 0.0, 1.0), True, "pituitary", 1),
+    ],
+)
+def test_cascade_runs_the_segmenter_only_on_positives(probs, detected, predicted, seg_calls):
+    pipe = _pipeline(probs)
+    a = pipe.analyze(_slice())
+    assert pipe.classifier.calls == 1
+    assert pipe.segmenter.calls == seg_calls
+    assert a.tumor_detected is detected and a.predicted_class == predicted
+    assert a.p_tumor == pytest.approx(1 - probs[0])
+    assert (a.prob_map is None) is (not detected)
+    assert a.mask().shape == (60, 90)
+    if not detected:
+        assert not a.mask(0.0).any()
+
+
+def test_behaviour_wording_reads_as_what_the_type_usually_implies():
+    assert "malignant" in _pipeline((0, 1, 0, 0)).analyze(_slice()).behaviour
+    assert "usually benign" in _pipeline((0, 0, 1, 0)).analyze(_slice()).behaviour
+    assert "benign" in _pipeline((0, 0, 0, 1)).analyze(_slice()).behaviour
+
+
+def test_prob_map_is_at_the_scan_resolution_and_threshold_never_grows_the_mask():
+    pipe = _pipeline((0.1, 0.8, 0.05, 0.05))
+    a = pipe.analyze(_slice(60, 90))
+    assert a.prob_map.shape == (60, 90)
+    areas = [int(a.mask(t).sum()) for t in np.linspace(0, 1, 21)]
+    assert all(x >= y for x, y in zip(areas, areas[1:]))
+    assert areas[2] > areas[-3] > 0
+
+
+def test_rethresholding_and_drawing_never_rerun_a_model():
+    pipe = _pipeline((0.1, 0.8, 0.05, 0.05))
+    a = pipe.analyze(_slice())
+    for t in (0.2, 0.5, 0.8):
+        a.mask(t), a.overlay(t, mode="fill", opacity=0.5), a.measurements(t)
+    a.report(0.3)
+    assert pipe.classifier.calls == 1 and pipe.segmenter.calls == 1
+
+
+def test_analysis_is_immutable_and_does_not_alias_the_input():
+    img = _slice()
+    a = _pipeline((0.1, 0.8, 0.05, 0.05)).analyze(img)
+    img[:] = 0
+    assert a.image.max() == 120
+    with pytest.raises((AttributeError, TypeError)):
+        a.p_tumor = 0.0  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        a.image[0, 0, 0] = 1
+
+
+@pytest.mark.parametrize("bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), np.zeros((4, 4, 3), np.uint8)])
+def test_analyze_refuses_malformed_arrays(bad):
+    with pytest.raises(ValueError, match="Received"):
+        _pipeline((0.1, 0.8, 0.05, 0.05)).analyze(bad)
+
+
+def test_mask_threshold_out_of_range_is_refused():
+    a = _pipeline((0.1, 0.8, 0.05, 0.05)).analyze(_slice())
+    with pytest.raises(ValueError, match="threshold"):
+        a.mask(1.5)
+
+
+# --- weights registry ------------------------------------------------------------------
+
+
+def _fake_weights_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "w"
+    d.mkdir()
+    for kind in weights_lib.MODEL_KINDS:
+        (d / f"{kind}.weights.h5").write_bytes(f"not really {kind} weights".encode())
+    weights_lib.write_manifest(
+        d, version="t", input_sizes={"classifier": 32, "segmenter": 32}, build_kwargs={},
+        tumor_threshold=0.5, mask_threshold=0.5,
+    )
+    return d
+
+
+def test_registry_verifies_hashes(tmp_path):
+    d = _fake_weights_dir(tmp_path)
+    reg = weights_lib.read_registry(d)
+    for entry in reg.models.values():
+        weights_lib.verify(entry)  # untouched files pass
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    d = _fake_weights_dir(tmp_path)
+    with open(d / "segmenter.weights.h5", "ab") as f:
+        f.write(b"\x00")
+    entry = weights_lib.read_registry(d).models["segmenter"]
+    with pytest.raises(WeightsError, match="does not match its pinned hash"):
+        weights_lib.verify(entry)
+    with pytest.raises(WeightsError, match="pinned hash"):
+        weights_lib.load_model(entry)
+
+
+def test_missing_weights_and_manifest_are_refused(tmp_path):
+    d = _fake_weights_dir(tmp_path)
+    (d / "classifier.weights.h5").unlink()
+    with pytest.raises(WeightsError, match="missing"):
+        Pipeline.from_weights_dir(d)
+    with pytest.raises(WeightsError, match="manifest.json is missing"):
+        Pipeline.from_weights_dir(tmp_path / "nowhere")
+
+
+def test_malformed_manifest_is_refused(tmp_path):
+    d = _fake_weights_dir(tmp_path)
+    (d / "manifest.json").write_text(json.dumps({"version": "x"}))
+    with pytest.raises(WeightsError, match="malformed"):
+        weights_lib.read_registry(d)
+
+
+@needs_weights
+def test_shipped_weights_match_their_manifest():
+    reg = weights_lib.read_registry(WEIGHTS)
+    for entry in reg.models.values():
+        weights_lib.verify(entry)
+        assert entry.path.stat().st_size < 100 * 1024 * 1024
+
+
+@needs_weights
+def test_a_tampered_copy_of_the_shipped_weights_is_refused(tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(WEIGHTS, d)
+    raw = bytearray((d / "classifier.weights.h5").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (d / "classifier.weights.h5").write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="pinned hash"):
+        Pipeline.from_weights_dir(d)
+
+
+# --- real models on fixed gallery slices -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_pipeline():
+    if not HAS_WEIGHTS:
+        pytest.skip("trained weights not present in weights/")
+    return Pipeline.from_weights_dir(WEIGHTS)
+
+
+@pytest.mark.slow
+@needs_weights
+def test_real_pipeline_on_gallery_slices(real_pipeline):
+    import pandas as pd
+
+    from tumor.io import read_image
+    from tumor.metrics import dice
+
+    index = pd.read_csv(GALLERY / "index.csv", dtype=str, keep_default_na=False)
+    for _, row in index.iterrows():
+        rgb = read_image(GALLERY / row["image"])
+        a = real_pipeline.analyze(rgb)
+        assert sum(a.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+        assert 0.0 <= a.p_tumor <= 1.0
+        if a.prob_map is not None:
+            assert a.prob_map.shape == rgb.shape[:2] and np.isfinite(a.prob_map).all()
+            if row["mask"]:
+                truth = np.array(Image.open(GALLERY / row["mask"]).convert("L")) > 0
+                assert 0.0 <= dice(a.mask(), truth) <= 1.0
+    heat = real_pipeline.grad_cam(a)
+    assert heat.shape == rgb.shape[:2] and np.isfinite(heat).all()

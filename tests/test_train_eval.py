@@ -1,0 +1,91 @@
+"""A tiny training run lowers the loss; evaluate gives the expected JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from tumor import data, models, train
+
+ROOT = Path(__file__).resolve().parents[1]
+GALLERY = ROOT / "gallery"
+HAS_WEIGHTS = (ROOT / "weights" / "manifest.json").is_file()
+
+
+def _gallery_manifest(tmp_path: Path) -> Path:
+    index = pd.read_csv(GALLERY / "index.csv", dtype=str, keep_default_na=False)
+    source = {"lgg": "lgg_kaggle_3m", "figshare": "figshare_cheng"}
+    rows = [
+        {
+            "image_path": str(GALLERY / r["image"]),
+            "mask_path": str(GALLERY / r["mask"]) if r["mask"] else "",
+            "patient_id": r["orig_name"].split("/")[0][:12] if r["source"] == "lgg" else "",
+            "label": r["label"],
+            "source": source[r["source"]],
+            "group_id": r["id"],
+            "cv_fold": "",
+        }
+        for _, r in index.iterrows()
+    ]
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_a_few_segmenter_steps_lower_the_loss(tmp_path):
+    keras.utils.set_random_seed(0)
+    df = data.read_manifest(_gallery_manifest(tmp_path))
+    df = df[df["label"] != "no_tumor"].head(6)
+    arrays = data.load_arrays(df, size=64)
+    x = np.concatenate([arrays["images"], arrays["masks"][..., None]], axis=-1)
+    net = models.build_segmenter(64, base_filters=8, depth=2)
+    model = train.SegmenterTrainer(net, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=train.dice_bce_loss)
+    before = model.evaluate(x, x[..., 3:], verbose=0)
+    model.fit(x, x[..., 3:], batch_size=3, epochs=12, verbose=0)
+    after = model.evaluate(x, x[..., 3:], verbose=0)
+    assert after < before - 0.05
+
+
+def test_dice_bce_loss_is_low_for_a_perfect_prediction_and_high_for_the_inverse():
+    target = np.zeros((1, 8, 8, 1), np.float32)
+    target[0, 2:6, 2:6] = 1
+    perfect = np.concatenate([target, target], axis=-1)
+    inverse = np.concatenate([1 - target, target], axis=-1)
+    good = float(train.dice_bce_loss(None, perfect))
+    bad = float(train.dice_bce_loss(None, inverse))
+    assert good < 0.01 and bad > 1.5
+
+
+def test_segmenter_subset_keeps_every_positive_and_some_negatives():
+    masks = np.zeros((10, 4, 4), np.uint8)
+    masks[:4, 1, 1] = 1
+    arrays = {"masks": masks, "labels": np.array([1, 1, 2, 3, 0, 0, 0, 0, 0, 0])}
+    idx = train.segmenter_subset(arrays, seed=0, negative_fraction=0.5)
+    assert set(range(4)) <= set(idx) and len(idx) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
+def test_evaluate_on_a_gallery_manifest_gives_the_expected_keys(tmp_path):
+    from tumor import evaluate
+
+    out = tmp_path / "metrics.json"
+    evaluate.main(["--manifest", str(_gallery_manifest(tmp_path)), "--out", str(out)])
+    m = json.loads(out.read_text())
+    assert m["n_slices"] == 14
+    assert 0.0 <= m["detection"]["auc"] <= 1.0
+    for key in ("sensitivity", "specificity", "threshold"):
+        assert 0.0 <= m["detection"][key] <= 1.0
+    assert 0.0 <= m["type"]["accuracy"] <= 1.0
+    assert m["type"]["labels"] == list(models.CLASS_NAMES)
+    assert np.array(m["type"]["confusion"]).sum() == 14
+    for key in ("lgg_patient_dice_mean", "figshare_slice_dice_mean", "tumor_slice_dice_mean"):
+        assert 0.0 <= m["segmentation"][key] <= 1.0
+    assert set(m["per_source"]) == {"lgg_kaggle_3m", "figshare_cheng"}
+    assert m["per_source"]["figshare_cheng"]["n_slices"] == 9
