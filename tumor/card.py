@@ -1,0 +1,92 @@
+"""Renders the metrics tables of the model card: ``python -m tumor.card``.
+
+Reads ``weights/metrics.json`` (written by ``tumor.evaluate``) and the training
+summaries, and replaces the block between the ``<!-- metrics:begin -->`` and
+``<!-- metrics:end -->`` markers of ``weights/MODEL_CARD.md`` and ``README.md``,
+so the numbers in the prose are never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BARS = {
+    "detection AUC": ("detection", "auc", 0.97),
+    "sensitivity": ("detection", "sensitivity", 0.90),
+    "specificity": ("detection", "specificity", 0.90),
+    "type accuracy (tumour slices)": ("type", "accuracy", 0.90),
+    "LGG Dice per patient (mean)": ("segmentation", "lgg_patient_dice_mean", 0.80),
+    "figshare Dice per slice (mean)": ("segmentation", "figshare_slice_dice_mean", 0.75),
+    "Dice over all tumour slices (mean)": ("segmentation", "tumor_slice_dice_mean", None),
+}
+SOURCES = ("lgg_kaggle_3m", "figshare_cheng", "nickparvar_notumor", "navoneel_no")
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def render(metrics: dict) -> str:
+    """Markdown tables: headline figures against the bars, then per source."""
+    lines = [
+        f"Test split, {metrics['n_slices']} slices never used for training or tuning "
+        f"(model {metrics.get('model_version', '?')}; tumour threshold "
+        f"{metrics['detection']['threshold']}, mask threshold {metrics['segmentation']['mask_threshold']}, "
+        "both chosen on the validation split). Command: "
+        "`python -m tumor.evaluate --manifest ../shared/data/manifest.csv --split test --out weights/metrics.json`.",
+        "",
+        "| metric | test | bar | met |",
+        "|---|---|---|---|",
+    ]
+    for name, (group, key, bar) in BARS.items():
+        value = metrics[group].get(key)
+        met = "–" if bar is None or value is None else ("yes" if value >= bar else "**no**")
+        lines.append(f"| {name} | {_fmt(value)} | {'–' if bar is None else bar} | {met} |")
+    lines += [
+        "",
+        "| source | slices | tumour / none | AUC | sensitivity | specificity | type accuracy | Dice (tumour slices) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for source in SOURCES:
+        m = metrics.get("per_source", {}).get(source)
+        if not m:
+            continue
+        d, t, s = m["detection"], m["type"], m["segmentation"]
+        lines.append(
+            f"| {source} | {m['n_slices']} | {m['n_tumor']} / {m['n_no_tumor']} | {_fmt(d['auc'])} | "
+            f"{_fmt(d['sensitivity'])} | {_fmt(d['specificity'])} | {_fmt(t['accuracy'])} | "
+            f"{_fmt(s['tumor_slice_dice_mean'])} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_block(path: Path, block: str) -> bool:
+    text = path.read_text()
+    new, n = re.subn(
+        r"<!-- metrics:begin -->.*?<!-- metrics:end -->",
+        f"<!-- metrics:begin -->\n{block}\n<!-- metrics:end -->",
+        text,
+        flags=re.S,
+    )
+    if n:
+        path.write_text(new)
+    return bool(n)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--metrics", default=str(ROOT / "weights" / "metrics.json"), help="metrics JSON (default: %(default)s)")
+    args = p.parse_args(argv)
+    block = render(json.loads(Path(args.metrics).read_text()))
+    for target in (ROOT / "weights" / "MODEL_CARD.md", ROOT / "README.md"):
+        if target.exists():
+            print(f"{target.name}: {'updated' if replace_block(target, block) else 'no metrics markers'}")
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
