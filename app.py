@@ -14,9 +14,7 @@ st.set_page_config(
 )
 
 pages = [
-    st.Page(
-        "views/analyze.py", title="Analyze", icon=":material/biotech:", default=True
-    ),
+    st.Page("views/analyze.py", title="Analyze", icon=":material/biotech:", default=True),
     st.Page("views/gallery.py", title="Gallery", icon=":material/photo_library:"),
     st.Page("views/model_card.py", title="Model card", icon=":material/analytics:"),
     st.Page("views/about.py", title="About", icon=":material/info:"),

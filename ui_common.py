@@ -180,12 +180,7 @@ def read_expert_mask(case: GalleryCase, shape: tuple[int, int]) -> np.ndarray:
     mask = np.asarray(Image.open(case.mask).convert("L")) > 127
     if mask.shape != shape:
         mask = (
-            np.asarray(
-                Image.fromarray(mask.astype(np.uint8) * 255).resize(
-                    (shape[1], shape[0]), Image.NEAREST
-                )
-            )
-            > 127
+            np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.NEAREST)) > 127
         )
     return mask
 
@@ -254,9 +249,7 @@ def short_hashes(weights_sha256: dict[str, str] | None) -> str:
     """``file: first 12 hex`` for each weights file."""
     if not weights_sha256:
         return "not available"
-    return ", ".join(
-        f"{Path(k).name} `{v[:SHORT_HASH]}`" for k, v in weights_sha256.items()
-    )
+    return ", ".join(f"{Path(k).name} `{v[:SHORT_HASH]}`" for k, v in weights_sha256.items())
 
 
 def load_metrics() -> dict | None:
@@ -292,9 +285,7 @@ def probability_chart(probabilities: dict[str, float]) -> go.Figure:
             x=values,
             y=[label(k) for k in keys],
             orientation="h",
-            marker_color=[
-                "#d62728" if i == top else "#7f7f7f" for i in range(len(keys))
-            ],
+            marker_color=["#d62728" if i == top else "#7f7f7f" for i in range(len(keys))],
             text=[f"{v:.1%}" for v in values],
             textposition="auto",
             hovertemplate="%{y}: %{x:.3f}<extra></extra>",
@@ -379,8 +370,7 @@ def render_measurements(analysis, threshold: float) -> None:
     a.metric("Tumour area", f"{m.area_px:,} px")
     b.metric(
         "Share of brain",
-        fmt(m.percent_of_brain, ".1f", "unknown")
-        + (" %" if m.percent_of_brain is not None else ""),
+        fmt(m.percent_of_brain, ".1f", "unknown") + (" %" if m.percent_of_brain is not None else ""),
     )
     if m.area_mm2 is not None:
         c, d = st.columns(2)
@@ -401,20 +391,14 @@ def render_measurements(analysis, threshold: float) -> None:
                 else "."
             )
         )
-    regions = (
-        "1 region" if m.n_components == 1 else f"{m.n_components} separate regions"
-    )
+    regions = "1 region" if m.n_components == 1 else f"{m.n_components} separate regions"
     st.markdown(f"**Outline:** {regions}; **position:** {m.position}.")
 
 
 def render_model_info(pipeline, analysis) -> None:
     """Model version, short weights hashes and headline test metrics."""
-    version = getattr(analysis, "model_version", None) or getattr(
-        pipeline, "version", "?"
-    )
-    hashes = getattr(analysis, "weights_sha256", None) or getattr(
-        pipeline, "weights_sha256", None
-    )
+    version = getattr(analysis, "model_version", None) or getattr(pipeline, "version", "?")
+    hashes = getattr(analysis, "weights_sha256", None) or getattr(pipeline, "weights_sha256", None)
     metrics = getattr(pipeline, "metrics", None)
     with st.container(border=True):
         st.markdown(f"**Model** `{version}` · weights {short_hashes(hashes)}")
@@ -427,9 +411,7 @@ def render_model_info(pipeline, analysis) -> None:
         )
 
 
-def render_downloads(
-    analysis, threshold: float, source_name: str | None, scan_meta
-) -> None:
+def render_downloads(analysis, threshold: float, source_name: str | None, scan_meta) -> None:
     """Overlay PNG, mask PNG, JSON and PDF reports (built only when clicked)."""
     base = _base_name(source_name)
     meta = dict(scan_meta or {})
@@ -456,9 +438,7 @@ def render_downloads(
         "image/png",
         on_click="ignore",
     )
-    c2.download_button(
-        "Mask PNG", mask_png, f"{base}_mask.png", "image/png", on_click="ignore"
-    )
+    c2.download_button("Mask PNG", mask_png, f"{base}_mask.png", "image/png", on_click="ignore")
     c3.download_button(
         "JSON report",
         report_json,
@@ -491,8 +471,7 @@ def render_verdict(analysis) -> None:
     if analysis.behaviour:
         st.markdown(analysis.behaviour)
     st.caption(
-        "The type is read from the image pattern, not from tissue; "
-        "only histology and a clinician can establish it."
+        "The type is read from the image pattern, not from tissue; only histology and a clinician can establish it."
     )
     st.plotly_chart(
         probability_chart(analysis.probabilities),
@@ -533,28 +512,20 @@ def render_analysis(
             captions.append(f"Model outline (red), threshold {threshold:.2f}")
         else:
             images.append(np.asarray(analysis.image))
-            captions.append(
-                "No tumour outlined: the segmenter runs only on positive slices"
-            )
+            captions.append("No tumour outlined: the segmenter runs only on positive slices")
         if expert_mask is not None:
             predicted = analysis.mask(threshold)
-            images.append(
-                draw_comparison(np.asarray(analysis.image), expert_mask, predicted)
-            )
-            captions.append(
-                f"Expert (green) vs model (red) · Dice {dice(expert_mask, predicted):.2f}"
-            )
+            images.append(draw_comparison(np.asarray(analysis.image), expert_mask, predicted))
+            captions.append(f"Expert (green) vs model (red) · Dice {dice(expert_mask, predicted):.2f}")
         if cam:
             heat = grad_cam_cached(key, pipeline, analysis)
             images.append(draw_heatmap(np.asarray(analysis.image), heat, opacity=0.45))
             captions.append(f"Grad-CAM for '{label(analysis.predicted_class)}'")
-        for col, image, caption in zip(st.columns(len(images)), images, captions):
+        for col, image, caption in zip(st.columns(len(images)), images, captions, strict=False):
             col.image(image, caption=caption, width="stretch")
         if analysis.orientation:
             right_dir, down_dir = analysis.orientation
-            st.caption(
-                f"Image right → patient {right_dir}; image down → patient {down_dir}."
-            )
+            st.caption(f"Image right → patient {right_dir}; image down → patient {down_dir}.")
     with right:
         render_verdict(analysis)
         if positive:

@@ -30,9 +30,7 @@ def phantom(size: int = 128) -> np.ndarray:
     y, x = np.mgrid[:size, :size]
     c = size / 2
     img = np.where((x - c) ** 2 + (y - c) ** 2 < (0.4 * size) ** 2, 90.0, 0.0)
-    img += 120.0 * np.exp(
-        -((x - 0.62 * size) ** 2 + (y - c) ** 2) / (2 * (0.08 * size) ** 2)
-    )
+    img += 120.0 * np.exp(-((x - 0.62 * size) ** 2 + (y - c) ** 2) / (2 * (0.08 * size) ** 2))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -166,9 +164,7 @@ class FakePipeline:
     def analyze(self, scan) -> FakeAnalysis:
         rgb = np.asarray(getattr(scan, "rgb", scan))
         if min(rgb.shape[:2]) < 8:  # as tumor.pipeline does
-            raise ValueError(
-                f"Expected a slice at least 8x8. Received: shape={rgb.shape}"
-            )
+            raise ValueError(f"Expected a slice at least 8x8. Received: shape={rgb.shape}")
         self.runs += 1
         gray = rgb[..., 0].astype(np.float32) / 255.0
         return FakeAnalysis(
@@ -182,9 +178,7 @@ class FakePipeline:
         self.runs += 1
         return analysis.prob_map.astype(np.float32)
 
-    def analyze_volume(
-        self, volume, plane="axial", progress=None
-    ) -> FakeVolumeAnalysis:
+    def analyze_volume(self, volume, plane="axial", progress=None) -> FakeVolumeAnalysis:
         n = volume.n_slices(plane)
         for i in range(n):
             if progress:
@@ -214,9 +208,7 @@ def tiny_gallery(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     img = phantom()
     (folder / "t1.png").write_bytes(png_bytes(img))
-    (folder / "t1_mask.png").write_bytes(
-        png_bytes(((img > 150) * 255).astype(np.uint8))
-    )
+    (folder / "t1_mask.png").write_bytes(png_bytes(((img > 150) * 255).astype(np.uint8)))
     (folder / "h1.png").write_bytes(png_bytes(img // 2))
     (folder / "index.csv").write_text(
         "id,image,mask,label,source,pixel_spacing_mm,license,credit\n"

@@ -38,11 +38,7 @@ def run_app(page: str | None = None, **state) -> AppTest:
 
 def texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [w.value for w in at.warning]
-    parts += (
-        [e.value for e in at.error]
-        + [i.value for i in at.info]
-        + [c.value for c in at.caption]
-    )
+    parts += [e.value for e in at.error] + [i.value for i in at.info] + [c.value for c in at.caption]
     return "\n".join(str(p) for p in parts)
 
 
@@ -137,13 +133,9 @@ def test_nifti_volume_slices_and_sweep(fake_pipeline):
     slider = next(s for s in at.slider if s.label == "Slice")
     assert slider.value == 4
     assert "Tumour detected" in texts(at)
-    at.radio(key=next(r.key for r in at.radio if r.label == "Plane")).set_value(
-        "coronal"
-    ).run()
+    at.radio(key=next(r.key for r in at.radio if r.label == "Plane")).set_value("coronal").run()
     assert not at.exception, at.exception
-    next(
-        b for b in at.button if b.label.startswith("Analyse the whole volume")
-    ).click().run()
+    next(b for b in at.button if b.label.startswith("Analyse the whole volume")).click().run()
     assert not at.exception, at.exception
     assert metric(at, "Tumour volume") == "1.5 ml"
     assert metric(at, "Largest-tumour slice") == "32"
@@ -172,12 +164,8 @@ def test_weights_error_stops_before_prediction(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not HAS_WEIGHTS, reason="weights/manifest.json missing: no trained weights"
-)
-@pytest.mark.skipif(
-    not HAS_GALLERY, reason="gallery/index.csv missing: gallery not built"
-)
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="weights/manifest.json missing: no trained weights")
+@pytest.mark.skipif(not HAS_GALLERY, reason="gallery/index.csv missing: gallery not built")
 def test_real_models_on_a_gallery_tumour_slice():
     import csv
 
@@ -197,9 +185,7 @@ def test_real_models_on_a_gallery_tumour_slice():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not HAS_WEIGHTS, reason="weights/manifest.json missing: no trained weights"
-)
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="weights/manifest.json missing: no trained weights")
 def test_real_models_on_an_uploaded_png():
     at = upload(run_app(), "slice.png", png_bytes(phantom(256)))
     assert re.search(r"(Tumour|No tumour) detected", texts(at))

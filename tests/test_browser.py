@@ -39,9 +39,7 @@ VERDICT = re.compile(r"(No tumour|Tumour) detected")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing"),
-    pytest.mark.skipif(
-        not HAS_WEIGHTS, reason="weights/manifest.json missing: no weights"
-    ),
+    pytest.mark.skipif(not HAS_WEIGHTS, reason="weights/manifest.json missing: no weights"),
 ]
 
 
@@ -87,9 +85,7 @@ def server_url():
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"streamlit did not start: {proc.stderr.read()[-2000:]!r}"
-                )
+                raise RuntimeError(f"streamlit did not start: {proc.stderr.read()[-2000:]!r}")
             time.sleep(0.5)
         yield url
     finally:
@@ -134,9 +130,7 @@ def gallery_tumour_slice() -> Path | None:
 
 
 def upload(page, name: str, data: bytes, mime: str) -> None:
-    page.locator("input[type=file]").first.set_input_files(
-        files=[{"name": name, "mimeType": mime, "buffer": data}]
-    )
+    page.locator("input[type=file]").first.set_input_files(files=[{"name": name, "mimeType": mime, "buffer": data}])
     page.get_by_text(VERDICT).first.wait_for(timeout=ANALYSIS_MS)
 
 
@@ -149,9 +143,7 @@ def test_upload_slice_shows_verdict_and_outline(page, tmp_path):
     mime = "image/jpeg" if name.lower().endswith((".jpg", ".jpeg")) else "image/png"
     upload(page, name, data, mime)
     assert page.get_by_text("Research demo, not for diagnosis").first.is_visible()
-    caption = page.get_by_text(
-        re.compile(r"Model outline \(red\)|No tumour outlined")
-    ).first
+    caption = page.get_by_text(re.compile(r"Model outline \(red\)|No tumour outlined")).first
     caption.wait_for(timeout=30_000)
     images = page.locator("[data-testid=stImage] img")
     assert images.count() >= 1

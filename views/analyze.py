@@ -18,9 +18,7 @@ def is_volume_file(name: str | None, data: bytes) -> bool:
     return lower.endswith((".nii", ".nii.gz")) or data[344:348] in NIFTI_MAGIC
 
 
-def window_inputs(
-    key: str, default: tuple[float, float] | None
-) -> tuple[float, float] | None:
+def window_inputs(key: str, default: tuple[float, float] | None) -> tuple[float, float] | None:
     """Window center/width inputs, initialised from the file's own window."""
     if default is None:
         return None
@@ -47,9 +45,7 @@ def window_inputs(
 def show_meta(meta: dict) -> None:
     """The non-identifying header fields tumor.io kept."""
     if meta:
-        rows = [
-            {"Field": k.replace("_", " "), "Value": str(v)} for k, v in meta.items()
-        ]
+        rows = [{"Field": k.replace("_", " "), "Value": str(v)} for k, v in meta.items()]
         st.dataframe(rows, hide_index=True, width="stretch")
 
 
@@ -89,9 +85,7 @@ def run_single(pipeline, data: bytes, name: str | None, digest: str, case=None) 
     if scan.kind == "dicom":
         with st.expander("DICOM: frame, window/level and header fields", expanded=True):
             if scan.n_frames > 1:
-                frame = st.slider(
-                    "Frame", 0, scan.n_frames - 1, 0, key=f"frame_{digest}"
-                )
+                frame = st.slider("Frame", 0, scan.n_frames - 1, 0, key=f"frame_{digest}")
             window = window_inputs(digest, scan.window)
             show_meta(scan.meta)
         if frame or window is not None:
@@ -110,11 +104,7 @@ def volume_plot(p_tumor, areas, current: int) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=x, y=list(p_tumor), name="P(tumour)", mode="lines"))
     if areas is not None:
-        fig.add_trace(
-            go.Bar(
-                x=x, y=list(areas), name="Tumour area (px)", yaxis="y2", opacity=0.35
-            )
-        )
+        fig.add_trace(go.Bar(x=x, y=list(areas), name="Tumour area (px)", yaxis="y2", opacity=0.35))
     fig.add_vline(x=current, line_dash="dot", line_color="gray")
     fig.update_layout(
         height=260,
@@ -168,20 +158,14 @@ def run_volume(pipeline, data: bytes, name: str | None, digest: str) -> None:
     st.subheader("Whole volume")
     results = st.session_state.setdefault("volume_results", {})
     result_key = f"{digest}:{plane}"
-    if st.button(
-        f"Analyse the whole volume ({n} {plane} slices)", key=f"sweep_{digest}"
-    ):
+    if st.button(f"Analyse the whole volume ({n} {plane} slices)", key=f"sweep_{digest}"):
         bar = st.progress(0.0, text="Analysing slices…")
 
         def progress(done: int, total: int) -> None:
-            bar.progress(
-                min(1.0, done / max(total, 1)), text=f"{done} of {total} slices"
-            )
+            bar.progress(min(1.0, done / max(total, 1)), text=f"{done} of {total} slices")
 
         try:
-            results[result_key] = pipeline.analyze_volume(
-                volume, plane=plane, progress=progress
-            )
+            results[result_key] = pipeline.analyze_volume(volume, plane=plane, progress=progress)
         except InputError as exc:
             ui.show_input_error(exc)
         bar.empty()
@@ -196,17 +180,13 @@ def run_volume(pipeline, data: bytes, name: str | None, digest: str) -> None:
         largest = getattr(result, "largest_index", None)
     volume_ml = getattr(result, "tumor_volume_ml", None)
     a, b, c = st.columns(3)
-    a.metric(
-        "Slices with tumour", sum(1 for p in p_tumor if p >= pipeline.tumor_threshold)
-    )
+    a.metric("Slices with tumour", sum(1 for p in p_tumor if p >= pipeline.tumor_threshold))
     b.metric("Largest-tumour slice", "—" if largest is None else int(largest))
     c.metric(
         "Tumour volume",
         ui.fmt(volume_ml, ".1f", "—") + (" ml" if volume_ml is not None else ""),
     )
-    st.plotly_chart(
-        volume_plot(p_tumor, areas, int(index)), key=f"volplot_{result_key}"
-    )
+    st.plotly_chart(volume_plot(p_tumor, areas, int(index)), key=f"volplot_{result_key}")
     if largest is not None and int(largest) != int(index):
         st.button(
             "Show the largest-tumour slice",

@@ -54,9 +54,7 @@ def case_tile(pipeline, case: ui.GalleryCase) -> None:
         if expert.any() or predicted.any():
             verdict += f" · Dice {dice(expert, predicted):.2f}"
         st.caption(verdict)
-        if st.button(
-            "Analyse", key=f"open_{case.id}", icon=":material/biotech:", width="stretch"
-        ):
+        if st.button("Analyse", key=f"open_{case.id}", icon=":material/biotech:", width="stretch"):
             pick(case.id)
             st.switch_page("views/analyze.py")
 
@@ -84,7 +82,7 @@ else:
     shown = [c for c in cases if c.label in (chosen or labels)]
     with st.spinner("Analysing the gallery (first visit only)…"):
         for start in range(0, len(shown), COLUMNS):
-            for col, case in zip(st.columns(COLUMNS), shown[start : start + COLUMNS]):
+            for col, case in zip(st.columns(COLUMNS), shown[start : start + COLUMNS], strict=False):
                 with col:
                     case_tile(pipeline, case)
 st.divider()

@@ -60,9 +60,7 @@ def confusion_figure(confusion, labels) -> go.Figure:
 
 def roc_figure(fpr, tpr, auc, op_point) -> go.Figure:
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(x=fpr, y=tpr, mode="lines", name=f"ROC (AUC {ui.fmt(auc)})")
-    )
+    fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"ROC (AUC {ui.fmt(auc)})"))
     fig.add_trace(
         go.Scatter(
             x=[0, 1],
@@ -135,7 +133,7 @@ st.subheader("Held-out test results")
 n = ui.get_path(metrics, "n_slices")
 st.caption(f"Test split: {n if n is not None else 'size not available'} slices.")
 cols = st.columns(5)
-for col, (name, value) in zip(cols, ui.headline_metrics(metrics)):
+for col, (name, value) in zip(cols, ui.headline_metrics(metrics), strict=False):
     col.metric(name, value)
 
 left, right = st.columns(2)
@@ -156,18 +154,12 @@ with right:
     if isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr) > 1:
         sens = ui.get_path(metrics, "detection", "sensitivity")
         spec = ui.get_path(metrics, "detection", "specificity")
-        op = (
-            (1 - float(spec), float(sens))
-            if sens is not None and spec is not None
-            else None
-        )
+        op = (1 - float(spec), float(sens)) if sens is not None and spec is not None else None
         st.plotly_chart(
             roc_figure(fpr, tpr, ui.get_path(metrics, "detection", "auc"), op),
             key="roc",
         )
-        st.caption(
-            f"Operating threshold {ui.fmt(ui.get_path(metrics, 'detection', 'threshold'))}."
-        )
+        st.caption(f"Operating threshold {ui.fmt(ui.get_path(metrics, 'detection', 'threshold'))}.")
     else:
         st.caption(NOT_AVAILABLE)
 
@@ -176,9 +168,7 @@ with left:
     st.markdown("##### Segmentation (Dice per tumour slice)")
     dice_values = ui.get_path(metrics, "segmentation", "dice_values")
     if isinstance(dice_values, list) and dice_values:
-        fig = go.Figure(
-            go.Histogram(x=dice_values, xbins={"start": 0, "end": 1.0001, "size": 0.05})
-        )
+        fig = go.Figure(go.Histogram(x=dice_values, xbins={"start": 0, "end": 1.0001, "size": 0.05}))
         fig.update_layout(
             height=300,
             margin={"l": 0, "r": 0, "t": 10, "b": 0},
@@ -207,11 +197,7 @@ with right:
                         row[key.replace("_", " ")] = value
                     elif isinstance(value, dict):
                         row.update(
-                            {
-                                f"{key} {k}".replace("_", " "): v
-                                for k, v in value.items()
-                                if isinstance(v, (int, float))
-                            }
+                            {f"{key} {k}".replace("_", " "): v for k, v in value.items() if isinstance(v, (int, float))}
                         )
             rows.append(row)
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
@@ -226,6 +212,7 @@ for col, (file, title) in zip(
         ("training_log_classifier.csv", "Classifier"),
         ("training_log_segmenter.csv", "Segmenter"),
     ),
+    strict=False,
 ):
     with col:
         log = read_log(file)
