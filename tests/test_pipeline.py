@@ -29,9 +29,9 @@ class StubClassifier:
         self.calls = 0
 
     def __call__(self, x, training=False):
-        assert training is False and x.shape[0] == 1
+        assert training is False
         self.calls += 1
-        return self.probs
+        return np.repeat(self.probs, x.shape[0], axis=0)
 
 
 class StubSegmenter:
@@ -46,7 +46,8 @@ class StubSegmenter:
         s = x.shape[1]
         y, xx = np.mgrid[:s, :s]
         r = np.hypot(y - s / 2, xx - s / 2) / (s / 2)
-        return np.clip(1 - r, 0, 1).astype(np.float32)[None, ..., None]
+        one = np.clip(1 - r, 0, 1).astype(np.float32)[..., None]
+        return np.repeat(one[None], x.shape[0], axis=0)
 
 
 def _pipeline(probs):
@@ -106,6 +107,26 @@ def test_rethresholding_and_drawing_never_rerun_a_model():
         a.mask(t), a.overlay(t, mode="fill", opacity=0.5), a.measurements(t)
     a.report(0.3)
     assert pipe.classifier.calls == 1 and pipe.segmenter.calls == 1
+
+
+class RampSegmenter:
+    """Probability rising from the left edge (0) to the right edge (1)."""
+
+    def __call__(self, x, training=False):
+        s = x.shape[1]
+        ramp = np.broadcast_to(np.linspace(0, 1, s, dtype=np.float32), (s, s))
+        return np.repeat(ramp[None, ..., None], x.shape[0], axis=0)
+
+
+def test_flip_tta_averages_the_mirrored_prediction_in_one_call():
+    clf = StubClassifier((0.1, 0.8, 0.05, 0.05))
+    plain = Pipeline(clf, RampSegmenter(), classifier_size=32, segmenter_size=32)
+    tta = Pipeline(clf, RampSegmenter(), classifier_size=32, segmenter_size=32, flip_tta=True)
+    img = np.full((32, 32, 3), 100, np.uint8)
+    a, b = plain.analyze(img), tta.analyze(img)
+    assert a.prob_map[:, -1].mean() > 0.9 and a.prob_map[:, 0].mean() < 0.1
+    assert np.allclose(b.prob_map, 0.5, atol=0.02)  # ramp + mirrored ramp
+    assert b.probabilities == pytest.approx(a.probabilities)
 
 
 def test_analysis_is_immutable_and_does_not_alias_the_input():

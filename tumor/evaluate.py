@@ -166,6 +166,32 @@ def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, 
     return round(tumor_t, 4), best_mask_t
 
 
+def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None:
+    """Chooses thresholds and flip-TTA on ``df`` and writes them to the weights manifest."""
+    from tumor import weights as weights_lib
+
+    pipeline.tumor_threshold = 0.0  # segment every slice so the mask threshold can be chosen
+    candidates = {}
+    for tta in (False, True):
+        pipeline.flip_tta = tta
+        res = run_pipeline(pipeline, df)
+        tumor_t, mask_t = calibrate(res)
+        m = _summary(res, tumor_t, mask_t)
+        score = m["detection"]["auc"] + m["type"]["accuracy"] + m["segmentation"]["tumor_slice_dice_mean"]
+        candidates[tta] = (score, tumor_t, mask_t)
+        print(json.dumps({"flip_tta": tta, "tumor_threshold": tumor_t, "mask_threshold": mask_t,
+                          "val_auc": m["detection"]["auc"], "val_type_accuracy": m["type"]["accuracy"],
+                          "val_dice": m["segmentation"]["tumor_slice_dice_mean"]}), flush=True)
+    tta = max(candidates, key=lambda k: candidates[k][0])
+    _, tumor_t, mask_t = candidates[tta]
+    wdir = Path(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
+    manifest = json.loads((wdir / weights_lib.MANIFEST_NAME).read_text())
+    manifest["thresholds"] = {"tumor": tumor_t, "mask": mask_t, "chosen_on": f"{args.split} split"}
+    manifest["flip_tta"] = tta
+    (wdir / weights_lib.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps({"chosen": {"flip_tta": tta, "tumor_threshold": tumor_t, "mask_threshold": mask_t}}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, help="manifest CSV to evaluate (default: none)")
@@ -193,18 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = Pipeline.from_weights_dir(args.weights)
     t0 = time.monotonic()
     if args.calibrate:
-        pipeline.tumor_threshold = 0.0  # segment every slice so the mask threshold can be chosen
-    res = run_pipeline(pipeline, df)
-    if args.calibrate:
-        from tumor import weights as weights_lib
-
-        tumor_t, mask_t = calibrate(res)
-        wdir = Path(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
-        manifest = json.loads((wdir / weights_lib.MANIFEST_NAME).read_text())
-        manifest["thresholds"] = {"tumor": tumor_t, "mask": mask_t, "chosen_on": f"{args.split} split"}
-        (wdir / weights_lib.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        print(json.dumps({"tumor_threshold": tumor_t, "mask_threshold": mask_t}))
+        _calibrate_cli(pipeline, df, args)
         return
+    res = run_pipeline(pipeline, df)
     result = compute_metrics(res, pipeline.tumor_threshold, pipeline.mask_threshold)
     result["model_version"] = pipeline.version
     result["weights_sha256"] = pipeline.weights_sha256

@@ -181,6 +181,8 @@ class Pipeline:
         version: model version shown with every result.
         weights_sha256: ``kind -> sha256`` of the loaded weights.
         metrics: the test metrics shipped with the weights, if any.
+        flip_tta: average each model over the slice and its left-right mirror
+            (one batched call of two), when validation showed it helps.
     """
 
     def __init__(
@@ -195,8 +197,10 @@ class Pipeline:
         version: str = "unversioned",
         weights_sha256: dict[str, str] | None = None,
         metrics: dict | None = None,
+        flip_tta: bool = False,
     ):
         self.classifier = classifier
+        self.flip_tta = flip_tta
         self.segmenter = segmenter
         self.classifier_size = classifier_size
         self.segmenter_size = segmenter_size
@@ -229,13 +233,14 @@ class Pipeline:
             version=registry.version,
             weights_sha256={k: m.sha256 for k, m in registry.models.items()},
             metrics=weights_lib.read_metrics(weights_dir),
+            flip_tta=registry.flip_tta,
         )
 
     def classify(self, rgb: np.ndarray) -> np.ndarray:
         """Class probabilities (4,) for one RGB uint8 slice."""
         square, _ = to_model_square(rgb, self.classifier_size)
-        x = preprocess_classifier(square[None])
-        probs = np.asarray(self.classifier(x, training=False), dtype=np.float64)[0]
+        batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
+        probs = np.asarray(self.classifier(preprocess_classifier(batch), training=False), dtype=np.float64).mean(axis=0)
         if probs.shape != (len(CLASS_NAMES),) or not np.all(np.isfinite(probs)):
             raise RuntimeError(f"The classifier returned an invalid output. Received: {probs!r}")
         return probs
@@ -243,8 +248,12 @@ class Pipeline:
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         """Tumour probability map (H, W) float32 for one RGB uint8 slice."""
         square, frame = to_model_square(rgb, self.segmenter_size)
-        x = preprocess_segmenter(square[None])
-        pred = np.asarray(self.segmenter(x, training=False), dtype=np.float32)[0, ..., 0]
+        batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
+        pred = np.asarray(self.segmenter(preprocess_segmenter(batch), training=False), dtype=np.float32)[..., 0]
+        if self.flip_tta:
+            pred = (pred[0] + pred[1, :, ::-1]) / 2
+        else:
+            pred = pred[0]
         return np.clip(from_model_square(pred, frame), 0.0, 1.0)
 
     def analyze(

@@ -50,6 +50,7 @@ class Registry:
         tumor_threshold: P(tumour) at or above which a slice counts as positive.
         mask_threshold: default probability threshold of the tumour mask.
         models: ``kind -> ModelEntry``.
+        flip_tta: whether the pipeline averages over a left-right mirror.
     """
 
     version: str
@@ -57,6 +58,7 @@ class Registry:
     tumor_threshold: float
     mask_threshold: float
     models: dict[str, ModelEntry]
+    flip_tta: bool = False
 
 
 def sha256_file(path: str | Path) -> str:
@@ -99,6 +101,7 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
             tumor_threshold=float(raw["thresholds"]["tumor"]),
             mask_threshold=float(raw["thresholds"]["mask"]),
             models=models,
+            flip_tta=bool(raw.get("flip_tta", False)),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise WeightsError(f"{manifest} is malformed ({type(err).__name__}: {err}); restore it from the repository.") from err
