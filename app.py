@@ -1,11 +1,9 @@
-"""Entry point: page config, the disclaimer on every page, navigation.
+"""Entry point: page config and navigation (each page draws the disclaimer).
 
 Run with ``streamlit run app.py``. No model code lives here.
 """
 
 import streamlit as st
-
-import ui_common as ui
 
 st.set_page_config(
     page_title="Brain tumour MRI demo",
@@ -14,11 +12,10 @@ st.set_page_config(
 )
 
 pages = [
-    st.Page("views/analyze.py", title="Analyze", icon=":material/biotech:", default=True),
-    st.Page("views/gallery.py", title="Gallery", icon=":material/photo_library:"),
-    st.Page("views/model_card.py", title="Model card", icon=":material/analytics:"),
-    st.Page("views/about.py", title="About", icon=":material/info:"),
+    st.Page("pages/analyze.py", title="Analyze", icon=":material/biotech:", default=True),
+    st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
+    st.Page("pages/model_card.py", title="Model card", icon=":material/analytics:"),
+    st.Page("pages/about.py", title="About", icon=":material/info:"),
 ]
-st.warning(ui.DISCLAIMER, icon=":material/warning:")
 page = st.navigation(pages, position="top")
 page.run()

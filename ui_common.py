@@ -48,6 +48,15 @@ DISCLAIMER = (
 )
 
 
+def disclaimer() -> None:
+    """The "not for diagnosis" banner; every page calls it first.
+
+    Each page draws it itself rather than app.py, so that it shows even when a
+    page runs outside ``st.navigation`` (Streamlit's ``pages/`` fallback).
+    """
+    st.warning(DISCLAIMER, icon=":material/warning:")
+
+
 def weights_dir() -> Path:
     """The weights folder: ``$TUMOR_WEIGHTS_DIR`` or ``<repo>/weights``."""
     return Path(os.environ.get(WEIGHTS_DIR_ENV) or DEFAULT_WEIGHTS_DIR)

@@ -9,6 +9,8 @@ import streamlit as st
 import ui_common as ui
 from tumor.errors import InputError
 
+ui.disclaimer()
+
 NIFTI_MAGIC = (b"n+1\x00", b"ni1\x00")
 
 
@@ -221,7 +223,7 @@ else:
             "PNG/JPEG/TIFF/BMP/WebP slices, DICOM and NIfTI volumes."
         )
         st.page_link(
-            "views/gallery.py",
+            "pages/gallery.py",
             label="Open the gallery",
             icon=":material/photo_library:",
         )

@@ -12,6 +12,8 @@ import streamlit as st
 
 import ui_common as ui
 
+ui.disclaimer()
+
 NOT_AVAILABLE = "Not available yet."
 
 LIMITS = """

@@ -2,6 +2,10 @@
 
 import streamlit as st
 
+import ui_common as ui
+
+ui.disclaimer()
+
 st.title("About this demo")
 st.markdown(
     """
