@@ -170,8 +170,12 @@ FAILURES = {
     "pdf": (_pdf_bytes, "PDF"),
     "all_black": (lambda: _pil_bytes(Image.new("RGB", (32, 32)), "PNG"), "blank"),
     "all_gray16": (
-        lambda: _pil_bytes(Image.fromarray(np.full((8, 8), 700, np.uint16)), "TIFF"),
+        lambda: _pil_bytes(Image.fromarray(np.full((32, 32), 700, np.uint16)), "TIFF"),
         "blank",
+    ),
+    "tiny": (
+        lambda: _pil_bytes(Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)), "PNG"),
+        "too small",
     ),
     "huge_dimensions": (lambda: _png_header_only(60000, 60000), "too large"),
     "too_many_bytes": (lambda: b"\x89PNG" + bytes(41 * 1024 * 1024), "too large"),

@@ -360,10 +360,18 @@ def _decode_image(data: bytes) -> np.ndarray:
     return rgb
 
 
+MIN_SIDE = 16  # smaller than this is a thumbnail or an icon, not a slice
+
+
 def _check_dimensions(size: tuple[int, int]) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise InputError(f"The image has no pixels (size {width}x{height}).")
+    if min(width, height) < MIN_SIDE:
+        raise InputError(
+            f"The image is too small to analyse ({width}x{height} pixels; at least "
+            f"{MIN_SIDE} pixels a side are needed). Upload the slice at its original size."
+        )
     if width * height > MAX_IMAGE_PIXELS:
         raise InputError(
             f"The image is too large ({width}x{height} pixels; the limit is "
