@@ -12,10 +12,10 @@ st.set_page_config(
 )
 
 pages = [
-    st.Page("pages/analyze.py", title="Analyze", icon=":material/biotech:", default=True),
-    st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
-    st.Page("pages/model_card.py", title="Model card", icon=":material/analytics:"),
-    st.Page("pages/about.py", title="About", icon=":material/info:"),
+    st.Page("views/analyze.py", title="Analyze", icon=":material/biotech:", default=True),
+    st.Page("views/gallery.py", title="Gallery", icon=":material/photo_library:"),
+    st.Page("views/model_card.py", title="Model card", icon=":material/analytics:"),
+    st.Page("views/about.py", title="About", icon=":material/info:"),
 ]
 page = st.navigation(pages, position="top")
 page.run()

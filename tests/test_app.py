@@ -60,7 +60,7 @@ def upload(at: AppTest, name: str, data: bytes) -> AppTest:
 
 @pytest.mark.parametrize(
     "page",
-    ["pages/analyze.py", "pages/gallery.py", "pages/model_card.py", "pages/about.py"],
+    ["views/analyze.py", "views/gallery.py", "views/model_card.py", "views/about.py"],
 )
 def test_every_page_renders_with_disclaimer(fake_pipeline, page):
     at = run_app(page)
@@ -142,7 +142,7 @@ def test_nifti_volume_slices_and_sweep(fake_pipeline):
 
 
 def test_gallery_pick_opens_analysis_with_expert_outline(fake_pipeline, tiny_gallery):
-    at = run_app("pages/gallery.py")
+    at = run_app("views/gallery.py")
     assert not at.exception, at.exception
     at.button(key="open_t1").click().run()
     assert not at.exception, at.exception
@@ -231,7 +231,7 @@ def test_model_card_renders_what_it_has(monkeypatch, tmp_path, metrics, expected
         "epoch,acc,loss,val_acc,val_loss,lr\n0,0.6,1.0,0.6,0.9,0.001\n1,0.8,0.6,0.7,0.7,0.001\n"
     )
     monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
-    at = run_app("pages/model_card.py")
+    at = run_app("views/model_card.py")
     assert not at.exception, at.exception
     for label, value in expected.items():
         assert metric(at, label) == value

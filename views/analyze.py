@@ -223,7 +223,7 @@ else:
             "PNG/JPEG/TIFF/BMP/WebP slices, DICOM and NIfTI volumes."
         )
         st.page_link(
-            "pages/gallery.py",
+            "views/gallery.py",
             label="Open the gallery",
             icon=":material/photo_library:",
         )

@@ -58,7 +58,7 @@ def case_tile(pipeline, case: ui.GalleryCase) -> None:
         st.caption(verdict)
         if st.button("Analyse", key=f"open_{case.id}", icon=":material/biotech:", width="stretch"):
             pick(case.id)
-            st.switch_page("pages/analyze.py")
+            st.switch_page("views/analyze.py")
 
 
 st.title("Gallery of real test cases")
