@@ -21,7 +21,9 @@ def _toy_manifest() -> pd.DataFrame:
     rows = []
     for g in range(60):
         for s in range(3):
-            rows.append({"source": "lgg_kaggle_3m", "group_id": f"TCGA_{g:03d}", "cv_fold": "", "image_path": f"l{g}_{s}"})
+            rows.append(
+                {"source": "lgg_kaggle_3m", "group_id": f"TCGA_{g:03d}", "cv_fold": "", "image_path": f"l{g}_{s}"}
+            )
     for fold in "1234":
         rows.append({"source": "figshare_cheng", "group_id": f"fold{fold}", "cv_fold": fold, "image_path": f"f{fold}"})
     return pd.DataFrame(rows)
@@ -59,7 +61,9 @@ def test_committed_split_matches_the_rule_and_is_group_disjoint():
     df = data.load_split(data.read_manifest(SHARED_MANIFEST))
     committed = pd.read_csv(data.DEFAULT_SPLIT_FILE, dtype=str, keep_default_na=False)
     assert len(committed) == len(df)
-    assert (df.set_index("image_path")["split"].sort_index() == committed.set_index("image_path")["split"].sort_index()).all()
+    assert (
+        df.set_index("image_path")["split"].sort_index() == committed.set_index("image_path")["split"].sort_index()
+    ).all()
     assert (df.groupby("group_id")["split"].nunique() == 1).all()
     lgg = df[df["source"] == "lgg_kaggle_3m"].drop_duplicates("group_id")["split"].value_counts(normalize=True)
     assert 0.6 < lgg["train"] < 0.8 and 0.08 < lgg["test"] < 0.25

@@ -24,16 +24,12 @@ def _tiny_model() -> keras.Model:
     outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(pooled)
     model = keras.Model(inputs, outputs)
     model.get_layer("features").set_weights([np.full((1, 1, 3, 1), 1 / 3, np.float32)])
-    model.get_layer("predictions").set_weights(
-        [np.array([[4.0, -4.0]], np.float32), np.zeros(2, np.float32)]
-    )
+    model.get_layer("predictions").set_weights([np.array([[4.0, -4.0]], np.float32), np.zeros(2, np.float32)])
     return model
 
 
 def test_heat_follows_the_evidence():
-    heat = grad_cam(
-        _tiny_model(), _bright_square_input(), class_index=0, layer_name="features"
-    )
+    heat = grad_cam(_tiny_model(), _bright_square_input(), class_index=0, layer_name="features")
     assert heat.shape == (16, 16) and heat.dtype == np.float32
     assert heat.max() == pytest.approx(1.0)
     assert heat[3, 3] == pytest.approx(1.0)
@@ -41,9 +37,7 @@ def test_heat_follows_the_evidence():
 
 
 def test_class_lowered_by_the_evidence_gives_zero_heat():
-    heat = grad_cam(
-        _tiny_model(), _bright_square_input(), class_index=1, layer_name="features"
-    )
+    heat = grad_cam(_tiny_model(), _bright_square_input(), class_index=1, layer_name="features")
     np.testing.assert_array_equal(heat, np.zeros((16, 16), np.float32))
 
 

@@ -9,9 +9,7 @@ import pytest
 from tumor.measure import NO_TUMOUR, Measurements, brain_mask, measure
 
 
-def _ellipse(
-    angle: float, axes=(40, 20), center=(100, 100), size=(200, 200)
-) -> np.ndarray:
+def _ellipse(angle: float, axes=(40, 20), center=(100, 100), size=(200, 200)) -> np.ndarray:
     mask = np.zeros(size, np.uint8)
     cv2.ellipse(mask, center, axes, angle, 0, 360, 1, thickness=-1)
     return mask.astype(bool)
@@ -40,12 +38,8 @@ def test_ellipse_axes_in_pixels(angle):
 def test_ellipse_axes_in_mm(angle, spacing, long_mm, short_mm):
     m = measure(_ellipse(angle), spacing_mm=spacing)
     # With (2.0, 0.5) the vertical axis becomes the longer one in mm.
-    assert max(m.long_axis_mm, m.short_axis_mm) == pytest.approx(
-        max(long_mm, short_mm), abs=2
-    )
-    assert min(m.long_axis_mm, m.short_axis_mm) == pytest.approx(
-        min(long_mm, short_mm), abs=2
-    )
+    assert max(m.long_axis_mm, m.short_axis_mm) == pytest.approx(max(long_mm, short_mm), abs=2)
+    assert min(m.long_axis_mm, m.short_axis_mm) == pytest.approx(min(long_mm, short_mm), abs=2)
     assert m.long_axis_mm >= m.short_axis_mm
 
 
@@ -116,9 +110,7 @@ def test_position_words(row, col, image_words, anatomical_words):
 
 def test_position_follows_orientation_letters():
     mask = _square_at(0, 2)  # image upper right
-    assert (
-        measure(mask, orientation=("R", "A")).position == "patient's right, posterior"
-    )
+    assert measure(mask, orientation=("R", "A")).position == "patient's right, posterior"
     assert measure(mask, orientation=("P", "I")).position == "posterior, superior"
 
 

@@ -36,12 +36,8 @@ def _coloured(out: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 def _distance_to_boundary(mask: np.ndarray) -> np.ndarray:
     """Distance of every pixel to the mask's border, inside or outside."""
-    inside = cv2.distanceTransform(
-        mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
-    )
-    outside = cv2.distanceTransform(
-        (~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
-    )
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return np.maximum(inside, outside)
 
 
@@ -110,13 +106,9 @@ def test_contour_lies_on_mask_border(mask, thickness):
 def test_default_thickness_scales_with_image():
     small, large = _image(96, 128), cv2.resize(_image(96, 128), (1024, 768))
     small_mask = _disc()
-    large_mask = cv2.resize(
-        small_mask.astype(np.uint8), (1024, 768), interpolation=cv2.INTER_NEAREST
-    )
+    large_mask = cv2.resize(small_mask.astype(np.uint8), (1024, 768), interpolation=cv2.INTER_NEAREST)
     small_px = _coloured(draw_mask(small, small_mask), small).sum() / small_mask.sum()
-    large_px = (
-        _coloured(draw_mask(large, large_mask > 0), large).sum() / large_mask.sum()
-    )
+    large_px = _coloured(draw_mask(large, large_mask > 0), large).sum() / large_mask.sum()
     # At 8x the size a fixed 1-px outline would cover 1/8 of its former share
     # of the mask; the scaled 4-px outline keeps about half of it.
     assert large_px > 2 * small_px / 8
@@ -204,9 +196,7 @@ def test_dice(a, b, expected):
     ],
 )
 def test_sensitivity_specificity(y_true, y_pred, expected):
-    sensitivity, specificity = sensitivity_specificity(
-        np.array(y_true), np.array(y_pred)
-    )
+    sensitivity, specificity = sensitivity_specificity(np.array(y_true), np.array(y_pred))
     for got, want in ((sensitivity, expected[0]), (specificity, expected[1])):
         if math.isnan(want):
             assert math.isnan(got)

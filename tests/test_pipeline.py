@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -51,9 +52,7 @@ class StubSegmenter:
 
 
 def _pipeline(probs):
-    return Pipeline(
-        StubClassifier(probs), StubSegmenter(), classifier_size=32, segmenter_size=32, tumor_threshold=0.5
-    )
+    return Pipeline(StubClassifier(probs), StubSegmenter(), classifier_size=32, segmenter_size=32, tumor_threshold=0.5)
 
 
 def _slice(h=60, w=90):
@@ -96,7 +95,7 @@ def test_prob_map_is_at_the_scan_resolution_and_threshold_never_grows_the_mask()
     a = pipe.analyze(_slice(60, 90))
     assert a.prob_map.shape == (60, 90)
     areas = [int(a.mask(t).sum()) for t in np.linspace(0, 1, 21)]
-    assert all(x >= y for x, y in zip(areas, areas[1:]))
+    assert all(x >= y for x, y in itertools.pairwise(areas))
     assert areas[2] > areas[-3] > 0
 
 
@@ -140,7 +139,9 @@ def test_analysis_is_immutable_and_does_not_alias_the_input():
         a.image[0, 0, 0] = 1
 
 
-@pytest.mark.parametrize("bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), np.zeros((4, 4, 3), np.uint8)])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), np.zeros((4, 4, 3), np.uint8)]
+)
 def test_analyze_refuses_malformed_arrays(bad):
     with pytest.raises(ValueError, match="Received"):
         _pipeline((0.1, 0.8, 0.05, 0.05)).analyze(bad)
@@ -161,8 +162,12 @@ def _fake_weights_dir(tmp_path: Path) -> Path:
     for kind in weights_lib.MODEL_KINDS:
         (d / f"{kind}.weights.h5").write_bytes(f"not really {kind} weights".encode())
     weights_lib.write_manifest(
-        d, version="t", input_sizes={"classifier": 32, "segmenter": 32}, build_kwargs={},
-        tumor_threshold=0.5, mask_threshold=0.5,
+        d,
+        version="t",
+        input_sizes={"classifier": 32, "segmenter": 32},
+        build_kwargs={},
+        tumor_threshold=0.5,
+        mask_threshold=0.5,
     )
     return d
 
@@ -190,7 +195,7 @@ def test_missing_weights_and_manifest_are_refused(tmp_path):
     (d / "classifier.weights.h5").unlink()
     with pytest.raises(WeightsError, match="missing"):
         Pipeline.from_weights_dir(d)
-    with pytest.raises(WeightsError, match="manifest.json is missing"):
+    with pytest.raises(WeightsError, match=r"manifest\.json is missing"):
         Pipeline.from_weights_dir(tmp_path / "nowhere")
 
 

@@ -64,9 +64,7 @@ def _report(**overrides) -> dict:
         "predicted": "glioma",
         "behaviour": "Gliomas grow from glial cells \u2014 often infiltrative.",
         "threshold": 0.5,
-        "measurements": measure(
-            mask, spacing_mm=scan.pixel_spacing_mm, orientation=scan.orientation
-        ),
+        "measurements": measure(mask, spacing_mm=scan.pixel_spacing_mm, orientation=scan.orientation),
         "model_version": "1.2.0",
         "weights_sha256": {"classifier": "ab" * 32, "segmenter": "cd" * 32},
         # A caller passing raw header fields must not leak them.
@@ -117,9 +115,7 @@ def test_report_dict_is_json_serialisable():
 def test_naive_datetime_is_taken_as_utc():
     report = _report(created=datetime(2026, 1, 2, 3, 4, 5))
     assert report["created_utc"] == "2026-01-02T03:04:05+00:00"
-    assert _report(created=datetime(2026, 1, 2, tzinfo=UTC))["created_utc"].endswith(
-        "+00:00"
-    )
+    assert _report(created=datetime(2026, 1, 2, tzinfo=UTC))["created_utc"].endswith("+00:00")
 
 
 def test_report_without_measurements():

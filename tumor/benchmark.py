@@ -22,7 +22,9 @@ GALLERY = Path(__file__).resolve().parent.parent / "gallery"
 
 
 def _ms(samples: list[float]) -> str:
-    return f"median {1000 * statistics.median(samples):7.1f} ms   min {1000 * min(samples):7.1f} ms   (n={len(samples)})"
+    return (
+        f"median {1000 * statistics.median(samples):7.1f} ms   min {1000 * min(samples):7.1f} ms   (n={len(samples)})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

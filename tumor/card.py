@@ -79,7 +79,9 @@ def replace_block(path: Path, block: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--metrics", default=str(ROOT / "weights" / "metrics.json"), help="metrics JSON (default: %(default)s)")
+    p.add_argument(
+        "--metrics", default=str(ROOT / "weights" / "metrics.json"), help="metrics JSON (default: %(default)s)"
+    )
     args = p.parse_args(argv)
     block = render(json.loads(Path(args.metrics).read_text()))
     for target in (ROOT / "weights" / "MODEL_CARD.md", ROOT / "README.md"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 from pathlib import Path
 
 import cv2
@@ -176,7 +177,6 @@ def main(argv: list[str] | None = None) -> None:
     print(df.groupby(["label", "split"]).size().unstack(fill_value=0))
 
 
-
 # Packed arrays: a compact copy of decoded slices (WebP-encoded images,
 # bit-packed masks) for training on a machine without the manifest's folder.
 def pack_arrays(arrays: dict[str, np.ndarray], out: str | Path, quality: int = 90) -> None:
@@ -206,7 +206,7 @@ def load_packed(path: str | Path) -> dict[str, np.ndarray]:
         images = np.stack(
             [
                 cv2.cvtColor(cv2.imdecode(blob[a:b], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+                for a, b in itertools.pairwise(offsets)
             ]
         )
         return {"images": images, "masks": masks, "labels": z["labels"], "sources": z["sources"]}

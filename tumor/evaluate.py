@@ -78,7 +78,7 @@ def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float) -
     """Detection, type and segmentation figures for the rows of ``res``."""
     y = (res["label"] != "no_tumor").to_numpy()
     p = res["p_tumor"].to_numpy(dtype=float)
-    out: dict = {"n_slices": int(len(res)), "n_tumor": int(y.sum()), "n_no_tumor": int((~y).sum())}
+    out: dict = {"n_slices": len(res), "n_tumor": int(y.sum()), "n_no_tumor": int((~y).sum())}
 
     detected = p >= tumor_threshold
     sens, spec = metrics.sensitivity_specificity(y, detected)
@@ -179,9 +179,19 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
         m = _summary(res, tumor_t, mask_t)
         score = m["detection"]["auc"] + m["type"]["accuracy"] + m["segmentation"]["tumor_slice_dice_mean"]
         candidates[tta] = (score, tumor_t, mask_t)
-        print(json.dumps({"flip_tta": tta, "tumor_threshold": tumor_t, "mask_threshold": mask_t,
-                          "val_auc": m["detection"]["auc"], "val_type_accuracy": m["type"]["accuracy"],
-                          "val_dice": m["segmentation"]["tumor_slice_dice_mean"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "flip_tta": tta,
+                    "tumor_threshold": tumor_t,
+                    "mask_threshold": mask_t,
+                    "val_auc": m["detection"]["auc"],
+                    "val_type_accuracy": m["type"]["accuracy"],
+                    "val_dice": m["segmentation"]["tumor_slice_dice_mean"],
+                }
+            ),
+            flush=True,
+        )
     tta = max(candidates, key=lambda k: candidates[k][0])
     _, tumor_t, mask_t = candidates[tta]
     wdir = Path(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
@@ -196,14 +206,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, help="manifest CSV to evaluate (default: none)")
     parser.add_argument(
-        "--split", choices=["train", "val", "test", "all"], default="all",
+        "--split",
+        choices=["train", "val", "test", "all"],
+        default="all",
         help="rows to evaluate, by the committed split; 'all' takes every row (default: %(default)s)",
     )
     parser.add_argument("--weights", default=None, help="weights folder (default: the repository's weights/)")
     parser.add_argument("--out", default="metrics.json", help="JSON file to write (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows, 0 = all (default: %(default)s)")
     parser.add_argument(
-        "--calibrate", action="store_true",
+        "--limit", type=int, default=0, help="evaluate only the first N rows, 0 = all (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
         help="choose thresholds on these rows and write them to the weights manifest (default: off)",
     )
     args = parser.parse_args(argv)

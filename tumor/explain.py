@@ -40,14 +40,10 @@ def grad_cam(
     import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            f"grad_cam needs the TensorFlow backend. Received: {keras.backend.backend()!r}"
-        )
+        raise RuntimeError(f"grad_cam needs the TensorFlow backend. Received: {keras.backend.backend()!r}")
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[3] != 3:
-        raise ValueError(
-            f"Expected one preprocessed slice (1, S, S, 3). Received: shape={x.shape}"
-        )
+        raise ValueError(f"Expected one preprocessed slice (1, S, S, 3). Received: shape={x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("x contains NaN or infinite values.")
     grad_model = _grad_model(classifier, layer_name)
@@ -57,9 +53,7 @@ def grad_cam(
         n_classes = int(probabilities.shape[-1])
         index = int(tf.argmax(probabilities[0])) if class_index is None else class_index
         if not 0 <= index < n_classes:
-            raise ValueError(
-                f"class_index must be in [0, {n_classes - 1}]. Received: class_index={class_index!r}"
-            )
+            raise ValueError(f"class_index must be in [0, {n_classes - 1}]. Received: class_index={class_index!r}")
         score = probabilities[:, index]
     gradients = tape.gradient(score, activations)
     weights = tf.reduce_mean(gradients, axis=(0, 1, 2))
@@ -78,12 +72,8 @@ def _grad_model(classifier: keras.Model, layer_name: str) -> keras.Model:
         try:
             layer = classifier.get_layer(layer_name)
         except ValueError as err:
-            raise ValueError(
-                f"The classifier has no layer named {layer_name!r}."
-            ) from err
-        per_model[layer_name] = keras.Model(
-            classifier.inputs, [layer.output, classifier.output]
-        )
+            raise ValueError(f"The classifier has no layer named {layer_name!r}.") from err
+        per_model[layer_name] = keras.Model(classifier.inputs, [layer.output, classifier.output])
     return per_model[layer_name]
 
 

@@ -29,7 +29,11 @@ def cast_h5(src: str, dst: str, dtype: str = "float16", min_size: int = 4096) ->
                     group.attrs[key] = value
                 return
             data = obj[()]
-            if isinstance(data, np.ndarray) and data.dtype.kind == "f" and (data.size >= min_size or dtype == "float32"):
+            if (
+                isinstance(data, np.ndarray)
+                and data.dtype.kind == "f"
+                and (data.size >= min_size or dtype == "float32")
+            ):
                 if data.dtype != np.dtype(dtype):
                     data = data.astype(dtype)
                     cast += 1

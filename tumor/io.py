@@ -138,8 +138,7 @@ class Volume:
         n = self.data.shape[axis]
         if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
             raise InputError(
-                f"Slice {index!r} is out of range: the {plane} plane has {n} "
-                f"slices, numbered 0 to {n - 1}."
+                f"Slice {index!r} is out of range: the {plane} plane has {n} slices, numbered 0 to {n - 1}."
             )
         plane_data = np.take(self.data, int(index), axis=axis)
         # In RAS+ every plane is displayed as transpose + flip of both axes:
@@ -236,9 +235,7 @@ def read_scan(
     if len(data) > MAX_IMAGE_BYTES:
         raise InputError(_too_large_message(len(data), MAX_IMAGE_BYTES))
     if frame not in (None, 0):
-        raise InputError(
-            f"A plain image has a single frame; frame={frame!r} does not exist."
-        )
+        raise InputError(f"A plain image has a single frame; frame={frame!r} does not exist.")
     rgb = _decode_image(data)
     return Scan(rgb=_readonly(rgb), kind="image", meta={"format": "image"})
 
@@ -261,14 +258,9 @@ def read_volume(source: str | os.PathLike | bytes, name: str | None = None) -> V
         name = os.fspath(source)
     data = _read_bytes(source, MAX_SCAN_BYTES)
     if _is_dicom(data):
-        raise InputError(
-            "This is a DICOM file, not a NIfTI volume; open it as a scan instead."
-        )
+        raise InputError("This is a DICOM file, not a NIfTI volume; open it as a scan instead.")
     if not _looks_like_nifti(data, name):
-        raise InputError(
-            "This file is not a NIfTI-1 volume (no 'n+1' header magic). "
-            "Upload a .nii or .nii.gz file."
-        )
+        raise InputError("This file is not a NIfTI-1 volume (no 'n+1' header magic). Upload a .nii or .nii.gz file.")
     return _volume_from_bytes(data)
 
 
@@ -293,13 +285,9 @@ def _read_bytes(source: str | os.PathLike | bytes, limit: int) -> bytes:
             with open(source, "rb") as f:
                 data = f.read(limit + 1)
         except OSError as err:
-            raise InputError(
-                f"Cannot read the file {os.fspath(source)!r}: {err.strerror}."
-            ) from err
+            raise InputError(f"Cannot read the file {os.fspath(source)!r}: {err.strerror}.") from err
     else:
-        raise InputError(
-            f"Expected a file path or bytes. Received: {type(source).__name__}."
-        )
+        raise InputError(f"Expected a file path or bytes. Received: {type(source).__name__}.")
     if not data:
         raise InputError("The file is empty (0 bytes). Upload the image again.")
     if len(data) > limit:
@@ -321,9 +309,7 @@ def _decode_image(data: bytes) -> np.ndarray:
         # Refuse a bomb from its header, before any decoder allocates memory.
         _check_dimensions((int.from_bytes(data[16:20]), int.from_bytes(data[20:24])))
     if data[:5] == b"%PDF-":
-        raise InputError(
-            "This is a PDF document, not an image. Upload a PNG, JPEG or TIFF."
-        )
+        raise InputError("This is a PDF document, not an image. Upload a PNG, JPEG or TIFF.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -345,8 +331,7 @@ def _decode_image(data: bytes) -> np.ndarray:
         ) from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError...
         raise InputError(
-            "The image could not be decoded: the file is corrupt or truncated. "
-            "Upload the original file again."
+            "The image could not be decoded: the file is corrupt or truncated. Upload the original file again."
         ) from err
     # A broken EXIF block should not reject an otherwise good image.
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError, SyntaxError):
@@ -354,8 +339,7 @@ def _decode_image(data: bytes) -> np.ndarray:
     rgb = _pil_to_rgb(img, data)
     if rgb.max() == rgb.min():
         raise InputError(
-            f"The image is blank: every pixel has the value {int(rgb.flat[0])}. "
-            "Upload a slice that shows the brain."
+            f"The image is blank: every pixel has the value {int(rgb.flat[0])}. Upload a slice that shows the brain."
         )
     return rgb
 
@@ -379,9 +363,7 @@ def _check_dimensions(size: tuple[int, int]) -> None:
         )
 
 
-def _robust_to_uint8(
-    values: np.ndarray, percentiles: tuple[float, float]
-) -> np.ndarray:
+def _robust_to_uint8(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
     values = values.astype(np.float64)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -397,12 +379,7 @@ def _robust_to_uint8(
 
 def _is_png_16bit_colour(data: bytes) -> bool:
     # IHDR: bit depth at byte 24, colour type at byte 25 (2 = RGB, 6 = RGBA).
-    return (
-        data[:8] == b"\x89PNG\r\n\x1a\n"
-        and len(data) > 25
-        and data[24] == 16
-        and data[25] in (2, 6)
-    )
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[24] == 16 and data[25] in (2, 6)
 
 
 def _pil_to_rgb(img: Image.Image, data: bytes) -> np.ndarray:
@@ -420,9 +397,7 @@ def _pil_to_rgb(img: Image.Image, data: bytes) -> np.ndarray:
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         gray = _robust_to_uint8(np.asarray(img), IMAGE_PERCENTILES)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        mode == "P" and "transparency" in img.info
-    ):
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
         rgb = rgba[:, :, :3] * (rgba[:, :, 3:4] / 255.0)
         return np.round(rgb).astype(np.uint8)
@@ -456,13 +431,9 @@ def _check_window(window: tuple[float, float]) -> tuple[float, float]:
     try:
         center, width = (float(v) for v in window)
     except (TypeError, ValueError) as err:
-        raise InputError(
-            f"A window is (center, width). Received: window={window!r}."
-        ) from err
+        raise InputError(f"A window is (center, width). Received: window={window!r}.") from err
     if not (np.isfinite(center) and np.isfinite(width) and width > 0):
-        raise InputError(
-            f"A window needs a finite center and a positive width. Received: window={window!r}."
-        )
+        raise InputError(f"A window needs a finite center and a positive width. Received: window={window!r}.")
     return center, width
 
 
@@ -525,12 +496,8 @@ def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except Exception as err:
-        raise InputError(
-            "The DICOM file could not be read: it is corrupt or truncated. Export it again."
-        ) from err
-    if not any(
-        k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-    ):
+        raise InputError("The DICOM file could not be read: it is corrupt or truncated. Export it again.") from err
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise InputError(
             "The DICOM file has no pixel data (it may be a report, a structured document "
             "or a header-only file). Upload an image series file."
@@ -538,8 +505,7 @@ def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) 
     n_frames = int(_first_number(ds.get("NumberOfFrames", 1)) or 1)
     if not isinstance(frame, (int, np.integer)) or not 0 <= frame < n_frames:
         raise InputError(
-            f"Frame {frame!r} is out of range: this DICOM has {n_frames} frame(s), "
-            f"numbered 0 to {n_frames - 1}."
+            f"Frame {frame!r} is out of range: this DICOM has {n_frames} frame(s), numbered 0 to {n_frames - 1}."
         )
     transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
@@ -551,9 +517,7 @@ def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) 
                 f"'{transfer_syntax.name}' ({transfer_syntax}), which this app cannot "
                 "decode. Export the series uncompressed (Explicit VR Little Endian)."
             ) from err
-        raise InputError(
-            "The DICOM pixel data could not be decoded: it is corrupt or truncated."
-        ) from err
+        raise InputError("The DICOM pixel data could not be decoded: it is corrupt or truncated.") from err
     samples = int(_first_number(ds.get("SamplesPerPixel", 1)) or 1)
     if n_frames > 1:
         pixels = pixels[frame]
@@ -581,15 +545,9 @@ def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) 
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
     elif pixels.ndim == 3 and pixels.shape[2] == 3:
         # pydicom has already converted YBR to RGB.
-        rgb = (
-            pixels
-            if pixels.dtype == np.uint8
-            else _robust_to_uint8(pixels, IMAGE_PERCENTILES)
-        )
+        rgb = pixels if pixels.dtype == np.uint8 else _robust_to_uint8(pixels, IMAGE_PERCENTILES)
         if rgb.max() == rgb.min():
-            raise InputError(
-                f"The image is blank: every pixel of frame {frame} has one value."
-            )
+            raise InputError(f"The image is blank: every pixel of frame {frame} has one value.")
     else:
         raise InputError(
             f"Unsupported DICOM pixel layout. Received: shape={pixels.shape}, "
@@ -630,13 +588,9 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     try:
         out = decompressor.decompress(data, limit + 1)
     except zlib.error as err:
-        raise InputError(
-            "The .gz file is corrupt or truncated. Upload it again."
-        ) from err
+        raise InputError("The .gz file is corrupt or truncated. Upload it again.") from err
     if len(out) > limit:
-        raise InputError(
-            f"The volume is too large once decompressed (over {limit / 2**30:.0f} GB)."
-        )
+        raise InputError(f"The volume is too large once decompressed (over {limit / 2**30:.0f} GB).")
     return out
 
 
@@ -662,9 +616,7 @@ def _looks_like_nifti(data: bytes, name: str | None) -> bool:
 def _volume_from_bytes(data: bytes) -> Volume:
     raw = _gunzip(data, MAX_VOLUME_BYTES) if data[:2] == b"\x1f\x8b" else data
     if len(raw) >= 348 and raw[344:348] == b"ni1\x00":
-        raise InputError(
-            "This is a two-file NIfTI header (.hdr/.img pair); upload a single .nii or .nii.gz file."
-        )
+        raise InputError("This is a two-file NIfTI header (.hdr/.img pair); upload a single .nii or .nii.gz file.")
     try:
         img = nibabel.Nifti1Image.from_bytes(raw)
         canonical = nibabel.as_closest_canonical(img)
@@ -672,15 +624,11 @@ def _volume_from_bytes(data: bytes) -> Volume:
         notes = []
         proxy = canonical.dataobj
         if len(shape) < 2 or len(shape) > 7:
-            raise InputError(
-                f"A NIfTI volume needs 3 dimensions. Received: shape={shape}."
-            )
+            raise InputError(f"A NIfTI volume needs 3 dimensions. Received: shape={shape}.")
         if len(shape) > 3:
             extra = int(np.prod(shape[3:]))
             if extra > 1:
-                notes.append(
-                    f"{len(shape)}-D file with {extra} volumes; showing the first"
-                )
+                notes.append(f"{len(shape)}-D file with {extra} volumes; showing the first")
             volume = np.asarray(proxy[(slice(None),) * 3 + (0,) * (len(shape) - 3)])
         else:
             volume = np.asarray(proxy)
@@ -693,13 +641,9 @@ def _volume_from_bytes(data: bytes) -> Volume:
     except InputError:
         raise
     except Exception as err:
-        raise InputError(
-            "The NIfTI file could not be read: it is corrupt, truncated or not NIfTI-1."
-        ) from err
+        raise InputError("The NIfTI file could not be read: it is corrupt, truncated or not NIfTI-1.") from err
     if 0 in volume.shape:
-        raise InputError(
-            f"The NIfTI volume has no voxels. Received: shape={volume.shape}."
-        )
+        raise InputError(f"The NIfTI volume has no voxels. Received: shape={volume.shape}.")
     factor = {"meter": 1000.0, "micron": 0.001}.get(units, 1.0)
     if units == "unknown":
         notes.append("voxel size units not stated; assumed mm")

@@ -75,8 +75,7 @@ def brain_mask(rgb: np.ndarray) -> np.ndarray:
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(
-            "Expected an RGB uint8 image of shape (H, W, 3). "
-            f"Received: shape={rgb.shape}, dtype={rgb.dtype}"
+            f"Expected an RGB uint8 image of shape (H, W, 3). Received: shape={rgb.shape}, dtype={rgb.dtype}"
         )
     gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     empty = np.zeros(gray.shape, bool)
@@ -123,8 +122,7 @@ def measure(
         brain = _as_bool_2d(brain, "brain")
         if brain.shape != mask.shape:
             raise ValueError(
-                "brain and mask must have the same shape. "
-                f"Received: brain.shape={brain.shape}, mask.shape={mask.shape}"
+                f"brain and mask must have the same shape. Received: brain.shape={brain.shape}, mask.shape={mask.shape}"
             )
     area_px = int(mask.sum())
     brain_area = int(brain.sum()) if brain is not None else 0
@@ -179,9 +177,7 @@ def measure(
 def _as_bool_2d(array: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(
-            f"{name} must be a non-empty 2-D array. Received: shape={array.shape}"
-        )
+        raise ValueError(f"{name} must be a non-empty 2-D array. Received: shape={array.shape}")
     return array != 0
 
 
@@ -191,13 +187,9 @@ def _check_spacing(spacing: tuple[float, float] | None) -> tuple[float, float] |
     try:
         row, col = (float(v) for v in spacing)
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"spacing_mm is (row, col) in mm. Received: {spacing!r}"
-        ) from err
+        raise ValueError(f"spacing_mm is (row, col) in mm. Received: {spacing!r}") from err
     if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
-        raise ValueError(
-            f"spacing_mm must be positive and finite. Received: {spacing!r}"
-        )
+        raise ValueError(f"spacing_mm must be positive and finite. Received: {spacing!r}")
     return row, col
 
 
@@ -210,16 +202,13 @@ def _check_orientation(orientation: tuple[str, str] | None) -> tuple[str, str] |
         or orientation[1] in (orientation[0], _OPPOSITE[orientation[0]])
     ):
         raise ValueError(
-            "orientation is two letters from L/R/A/P/S/I on different axes, "
-            f"e.g. ('L', 'P'). Received: {orientation!r}"
+            f"orientation is two letters from L/R/A/P/S/I on different axes, e.g. ('L', 'P'). Received: {orientation!r}"
         )
     return orientation[0], orientation[1]
 
 
 def _hull_points(component: np.ndarray) -> np.ndarray:
-    contours, _ = cv2.findContours(
-        component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
-    )
+    contours, _ = cv2.findContours(component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     points = np.concatenate(contours).reshape(-1, 2)
     return cv2.convexHull(points).reshape(-1, 2).astype(np.float64)
 

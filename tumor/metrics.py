@@ -17,18 +17,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     """
     a, b = np.asarray(a) != 0, np.asarray(b) != 0
     if a.shape != b.shape:
-        raise ValueError(
-            f"Masks must have the same shape. Received: {a.shape} and {b.shape}"
-        )
+        raise ValueError(f"Masks must have the same shape. Received: {a.shape} and {b.shape}")
     total = int(a.sum()) + int(b.sum())
     if total == 0:
         return 1.0
     return 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
-def sensitivity_specificity(
-    y_true: np.ndarray, y_pred: np.ndarray
-) -> tuple[float, float]:
+def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
     """Sensitivity TP / (TP + FN) and specificity TN / (TN + FP).
 
     Args:
@@ -41,9 +37,7 @@ def sensitivity_specificity(
     """
     t, p = np.asarray(y_true) != 0, np.asarray(y_pred) != 0
     if t.shape != p.shape:
-        raise ValueError(
-            f"y_true and y_pred must have the same shape. Received: {t.shape} and {p.shape}"
-        )
+        raise ValueError(f"y_true and y_pred must have the same shape. Received: {t.shape} and {p.shape}")
     tp = int(np.sum(t & p))
     fn = int(np.sum(t & ~p))
     tn = int(np.sum(~t & ~p))

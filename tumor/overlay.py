@@ -75,9 +75,7 @@ def draw_comparison(
     return out
 
 
-def draw_heatmap(
-    rgb: np.ndarray, heat: np.ndarray, *, opacity: float = 0.4
-) -> np.ndarray:
+def draw_heatmap(rgb: np.ndarray, heat: np.ndarray, *, opacity: float = 0.4) -> np.ndarray:
     """Blends a JET-coloured heat map (e.g. Grad-CAM) over the image.
 
     Args:
@@ -94,32 +92,21 @@ def draw_heatmap(
     heat = np.asarray(heat)
     if heat.shape != rgb.shape[:2]:
         raise ValueError(
-            "heat must have the image's (H, W) shape. "
-            f"Received: heat.shape={heat.shape}, image shape={rgb.shape[:2]}"
+            f"heat must have the image's (H, W) shape. Received: heat.shape={heat.shape}, image shape={rgb.shape[:2]}"
         )
     heat = heat.astype(np.float32)
     if not np.all(np.isfinite(heat)) or heat.min() < -1e-6 or heat.max() > 1 + 1e-6:
         raise ValueError(
-            "heat must be finite and within [0, 1]. "
-            f"Received: min={np.nanmin(heat)}, max={np.nanmax(heat)}"
+            f"heat must be finite and within [0, 1]. Received: min={np.nanmin(heat)}, max={np.nanmax(heat)}"
         )
     heat_u8 = np.round(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8)
-    colored = cv2.cvtColor(
-        cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
-    )
-    blended = (
-        rgb.astype(np.float32) * (1.0 - opacity) + colored.astype(np.float32) * opacity
-    )
+    colored = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    blended = rgb.astype(np.float32) * (1.0 - opacity) + colored.astype(np.float32) * opacity
     return np.round(blended).astype(np.uint8)
 
 
 def _check_rgb(rgb: np.ndarray) -> None:
-    if (
-        not isinstance(rgb, np.ndarray)
-        or rgb.ndim != 3
-        or rgb.shape[2] != 3
-        or rgb.dtype != np.uint8
-    ):
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(
             "Expected an RGB uint8 image of shape (H, W, 3). "
             f"Received: shape={getattr(rgb, 'shape', None)}, dtype={getattr(rgb, 'dtype', None)}"
@@ -130,8 +117,7 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarr
     mask = np.asarray(mask)
     if mask.shape != shape:
         raise ValueError(
-            f"{name} must have the image's (H, W) shape. "
-            f"Received: {name}.shape={mask.shape}, image shape={shape}"
+            f"{name} must have the image's (H, W) shape. Received: {name}.shape={mask.shape}, image shape={shape}"
         )
     return (mask != 0).astype(np.uint8)
 
@@ -145,18 +131,14 @@ def _check_color(color: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def _check_opacity(opacity: float) -> None:
     if not 0.0 <= float(opacity) <= 1.0:
-        raise ValueError(
-            f"opacity must be within [0, 1]. Received: opacity={opacity!r}"
-        )
+        raise ValueError(f"opacity must be within [0, 1]. Received: opacity={opacity!r}")
 
 
 def _thickness(rgb: np.ndarray, thickness: int | None) -> int:
     if thickness is None:
         return max(1, round(max(rgb.shape[:2]) / 256))
     if int(thickness) < 1:
-        raise ValueError(
-            f"thickness must be at least 1. Received: thickness={thickness!r}"
-        )
+        raise ValueError(f"thickness must be at least 1. Received: thickness={thickness!r}")
     return int(thickness)
 
 
@@ -173,10 +155,7 @@ def _draw(
         return
     if mode == "fill":
         inside = mask.astype(bool)
-        blended = (
-            out[inside].astype(np.float32) * (1.0 - opacity)
-            + np.float32(color) * opacity
-        )
+        blended = out[inside].astype(np.float32) * (1.0 - opacity) + np.float32(color) * opacity
         out[inside] = np.round(blended).astype(np.uint8)
     # RETR_LIST keeps the borders of holes too, so a ring shows both edges.
     contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +129,7 @@ class Analysis:
             weights_sha256=self.weights_sha256,
             scan_meta=scan_meta or {},
             source_name=source_name,
-            created=created or datetime.now(timezone.utc),
+            created=created or datetime.now(UTC),
         )
 
     def pdf(
@@ -281,7 +281,8 @@ class Pipeline:
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
             raise ValueError(
-                f"Expected an RGB uint8 slice of shape (H, W, 3), at least 8x8. Received: shape={rgb.shape}, dtype={rgb.dtype}"
+                "Expected an RGB uint8 slice of shape (H, W, 3), at least 8x8. "
+                f"Received: shape={rgb.shape}, dtype={rgb.dtype}"
             )
         probs = self.classify(rgb)
         p_tumor = float(1.0 - probs[0])

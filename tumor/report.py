@@ -76,15 +76,8 @@ def report_dict(
     """
     if not isinstance(created, datetime):
         raise TypeError(f"created must be a datetime. Received: {created!r}")
-    created_utc = (
-        created.replace(tzinfo=UTC)
-        if created.tzinfo is None
-        else created.astimezone(UTC)
-    )
-    probs = {
-        str(k): _probability(v, f"probabilities[{k!r}]")
-        for k, v in probabilities.items()
-    }
+    created_utc = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
+    probs = {str(k): _probability(v, f"probabilities[{k!r}]") for k, v in probabilities.items()}
     return {
         "title": TITLE,
         "disclaimer": DISCLAIMER,
@@ -100,17 +93,13 @@ def report_dict(
         "measurements": _measurements_dict(measurements),
         "model": {
             "version": _short(model_version),
-            "weights_sha256": {
-                _short(k): _short(v, 64) for k, v in weights_sha256.items()
-            },
+            "weights_sha256": {_short(k): _short(v, 64) for k, v in weights_sha256.items()},
         },
         "scan": {k: _short(scan_meta[k]) for k in SAFE_META_KEYS if k in scan_meta},
     }
 
 
-def report_pdf(
-    report: dict, overlay_rgb: np.ndarray, *, compress: bool = True
-) -> bytes:
+def report_pdf(report: dict, overlay_rgb: np.ndarray, *, compress: bool = True) -> bytes:
     """Renders a report from ``report_dict`` as a one-page PDF.
 
     Args:
@@ -123,11 +112,7 @@ def report_pdf(
     Returns:
         The PDF file's bytes (they start with ``%PDF``).
     """
-    if (
-        overlay_rgb.ndim != 3
-        or overlay_rgb.shape[2] != 3
-        or overlay_rgb.dtype != np.uint8
-    ):
+    if overlay_rgb.ndim != 3 or overlay_rgb.shape[2] != 3 or overlay_rgb.dtype != np.uint8:
         raise ValueError(
             "Expected an RGB uint8 image of shape (H, W, 3). "
             f"Received: shape={overlay_rgb.shape}, dtype={overlay_rgb.dtype}"
@@ -167,9 +152,7 @@ def report_pdf(
     _row(pdf, "Threshold", f"{prediction.get('threshold', float('nan')):.2f}")
     if prediction.get("behaviour"):
         pdf.set_font("Helvetica", "", 9)
-        pdf.multi_cell(
-            0, 5, _latin1(prediction["behaviour"]), new_x="LMARGIN", new_y="NEXT"
-        )
+        pdf.multi_cell(0, 5, _latin1(prediction["behaviour"]), new_x="LMARGIN", new_y="NEXT")
 
     _heading(pdf, "Measurements")
     m = report.get("measurements")

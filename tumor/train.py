@@ -189,7 +189,7 @@ def segmenter_subset(arrays: dict[str, np.ndarray], seed: int, negative_fraction
     positives = np.flatnonzero(has_mask)
     negatives = np.flatnonzero(~tumour & ~has_mask)
     rng = np.random.default_rng(seed)
-    n_neg = min(len(negatives), int(round(negative_fraction * len(positives))))
+    n_neg = min(len(negatives), round(negative_fraction * len(positives)))
     chosen = rng.choice(negatives, n_neg, replace=False) if n_neg else np.array([], int)
     return np.sort(np.concatenate([positives, chosen]))
 
@@ -292,8 +292,8 @@ def train(args: argparse.Namespace) -> dict:
         "best_epoch": saver.best_epoch + 1,
         f"best_{monitor}": saver.best,
         "train_wall_s": round(time.monotonic() - t0, 1),
-        "n_train": int(len(x_tr)),
-        "n_val": int(len(x_va)),
+        "n_train": len(x_tr),
+        "n_val": len(x_va),
         "class_weights": cw,
     }
     (out / f"{args.kind}_summary.json").write_text(json.dumps(summary, indent=2))
@@ -305,17 +305,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the tumour classifier or segmenter.")
     p.add_argument("kind", choices=["classifier", "segmenter"])
     p.add_argument("--manifest", default="../shared/data/manifest.csv", help="manifest CSV (default: %(default)s)")
-    p.add_argument("--packed", default="", help="folder with packed train.npz/val.npz instead of --manifest (default: none)")
+    p.add_argument(
+        "--packed", default="", help="folder with packed train.npz/val.npz instead of --manifest (default: none)"
+    )
     p.add_argument("--out", default="runs/latest", help="output folder (default: %(default)s)")
     p.add_argument("--size", type=int, default=models.INPUT_SIZE, help="input side in pixels (default: %(default)s)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="classifier label smoothing (default: %(default)s)")
+    p.add_argument(
+        "--label-smoothing", type=float, default=0.1, help="classifier label smoothing (default: %(default)s)"
+    )
     p.add_argument("--max-epochs", type=int, default=200, help="upper bound on epochs (default: %(default)s)")
     p.add_argument("--budget-s", type=float, default=3600, help="wall-time budget for fit (default: %(default)s)")
     p.add_argument("--warmup-epochs", type=int, default=2, help="linear warm-up epochs (default: %(default)s)")
-    p.add_argument("--init", choices=["random", "imagenet"], default="random", help="backbone init (default: %(default)s)")
+    p.add_argument(
+        "--init", choices=["random", "imagenet"], default="random", help="backbone init (default: %(default)s)"
+    )
     p.add_argument("--resume", default="", help="inner-network weights to start from (default: none)")
     p.add_argument("--precision", default="mixed_bfloat16", help="Keras dtype policy (default: %(default)s)")
     p.add_argument("--limit", type=int, default=0, help="rows per label per split, 0 = all (default: %(default)s)")

@@ -104,7 +104,9 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
             flip_tta=bool(raw.get("flip_tta", False)),
         )
     except (KeyError, TypeError, ValueError) as err:
-        raise WeightsError(f"{manifest} is malformed ({type(err).__name__}: {err}); restore it from the repository.") from err
+        raise WeightsError(
+            f"{manifest} is malformed ({type(err).__name__}: {err}); restore it from the repository."
+        ) from err
     if registry.class_names != CLASS_NAMES:
         raise WeightsError(
             f"{manifest} lists classes {registry.class_names}, but this code expects {CLASS_NAMES}. "
