@@ -55,14 +55,18 @@ def intensity_augmenter(seed: int) -> keras.Sequential:
     )
 
 
-class ClassifierTrainer(keras.Model):
-    """Wraps the classifier with in-graph augmentation; input is uint8 RGB."""
+class _AugmentedTrainer(keras.Model):
+    """Holds an inner network and its in-graph augmenters; only ``net`` is saved."""
 
     def __init__(self, net: keras.Model, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.net = net
         self.geometric = geometric_augmenter(seed)
         self.intensity = intensity_augmenter(seed)
+
+
+class ClassifierTrainer(_AugmentedTrainer):
+    """Wraps the classifier with in-graph augmentation; input is uint8 RGB."""
 
     def call(self, x, training=False):
         x = keras.ops.cast(x, "float32")
@@ -72,18 +76,12 @@ class ClassifierTrainer(keras.Model):
         return self.net(models.preprocess_classifier(x), training=training)
 
 
-class SegmenterTrainer(keras.Model):
+class SegmenterTrainer(_AugmentedTrainer):
     """Wraps the segmenter; input is uint8 (N, S, S, 4): RGB plus the mask.
 
     The mask travels through the same geometric augmentation as the image and
     comes out as the second output channel, where ``dice_bce_loss`` reads it.
     """
-
-    def __init__(self, net: keras.Model, seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.net = net
-        self.geometric = geometric_augmenter(seed)
-        self.intensity = intensity_augmenter(seed)
 
     def call(self, x, training=False):
         x = keras.ops.cast(x, "float32")
