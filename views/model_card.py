@@ -97,7 +97,7 @@ def training_figure(log: pd.DataFrame, title: str) -> go.Figure | None:
         return None
     fig = go.Figure()
     for column in log.columns:
-        if column in ("epoch", "lr", "learning_rate"):
+        if column in ("epoch", "lr", "learning_rate", "elapsed_s"):  # not on the metrics scale
             continue
         dash = "dash" if column.startswith("val_") else "solid"
         fig.add_trace(
