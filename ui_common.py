@@ -118,20 +118,24 @@ def read_volume_cached(key: str, _data: bytes, name: str | None):
     return read_volume(_data, name=name)
 
 
-@st.cache_data(max_entries=64, show_spinner="Analysing the slice…")
+@st.cache_resource(max_entries=64, show_spinner="Analysing the slice…")
 def analyze_cached(key: str, _pipeline, _scan):
     """Runs both models once per distinct slice (``key`` names the slice).
 
     Threshold, contour/fill and opacity controls only call Analysis methods on
-    the cached result and never re-run a model.
+    the cached result and never re-run a model. ``cache_resource`` hands every
+    rerun the same object (safe: Analysis is frozen and its arrays read-only),
+    so its cached brain mask is computed once, not once per rerun.
     """
     return _pipeline.analyze(_scan)
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing Grad-CAM…")
+@st.cache_resource(max_entries=32, show_spinner="Computing Grad-CAM…")
 def grad_cam_cached(key: str, _pipeline, _analysis) -> np.ndarray:
-    """Grad-CAM of an analysed slice, computed once on demand."""
-    return _pipeline.grad_cam(_analysis)
+    """Grad-CAM of an analysed slice, computed once on demand (read-only array)."""
+    heat = _pipeline.grad_cam(_analysis)
+    heat.setflags(write=False)
+    return heat
 
 
 # --- gallery ------------------------------------------------------------------------

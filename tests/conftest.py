@@ -199,6 +199,7 @@ def fake_pipeline(monkeypatch):
     st.cache_resource.clear()
     yield fake
     st.cache_data.clear()
+    st.cache_resource.clear()
 
 
 @pytest.fixture

@@ -104,3 +104,29 @@ def test_packed_arrays_round_trip(tmp_path):
     back = data.load_packed(tmp_path / "p.npz")
     assert (back["masks"] == arrays["masks"]).all() and (back["labels"] == arrays["labels"]).all()
     assert np.abs(back["images"].astype(int) - arrays["images"]).mean() < 4
+
+
+def test_make_dataset_batches_whole_batches_and_reshuffles_each_epoch():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    y = np.arange(10, dtype=np.int32)
+    w = np.linspace(0.5, 1.5, 10).astype(np.float32)
+    ds = data.make_dataset(x, y, w, batch=4, shuffle=True, seed=3)
+    epochs = [[tuple(t.numpy() for t in b) for b in ds] for _ in range(2)]
+    for batches in epochs:
+        assert [len(b[0]) for b in batches] == [4, 4]  # the ragged last batch is dropped
+        for bx, by, bw in batches:
+            np.testing.assert_array_equal(bx[:, 0], by)  # x, y and weight stay paired
+            np.testing.assert_allclose(bw, w[by])
+    first, second = (np.concatenate([b[1] for b in e]) for e in epochs)
+    assert len(set(first)) == 8 and not np.array_equal(first, second)
+
+
+def test_make_dataset_keeps_order_without_shuffle_and_refuses_mismatched_lengths():
+    x = np.zeros((6, 2, 2, 3), np.uint8)
+    y = np.arange(6)
+    batches = [b[1].numpy() for b in data.make_dataset(x, y, batch=3, shuffle=False)]
+    np.testing.assert_array_equal(np.concatenate(batches), y)
+    with pytest.raises(ValueError, match="same length"):
+        data.make_dataset(x, y[:5], batch=2, shuffle=False)
+    with pytest.raises(ValueError, match="batch"):
+        data.make_dataset(x, y, batch=0, shuffle=False)

@@ -150,6 +150,50 @@ def class_weights(labels: np.ndarray, power: float = 0.5) -> dict[int, float]:
     return {i: float(v) for i, v in enumerate(w)}
 
 
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    *,
+    batch: int,
+    shuffle: bool,
+    seed: int = 0,
+):
+    """A tf.data pipeline over slices already decoded into memory.
+
+    The arrays were decoded once (``load_arrays`` or ``load_packed``); the
+    dataset caches them as tensors, reshuffles every epoch with ``seed`` when
+    ``shuffle``, batches whole batches only (a ragged last batch would make a
+    compiled step retrace) and prefetches. Augmentation is not done here: it
+    runs inside the model's training graph (``tumor.train``).
+
+    Args:
+        x: inputs, first axis = slices.
+        y: targets, same first axis.
+        sample_weight: optional per-slice weights (class imbalance).
+        batch: batch size; ``len(x) // batch`` batches per epoch.
+        shuffle: reshuffle every epoch.
+        seed: shuffle seed.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
+    """
+    import tensorflow as tf
+
+    if len(x) != len(y) or (sample_weight is not None and len(sample_weight) != len(x)):
+        raise ValueError(
+            "x, y and sample_weight must have the same length. "
+            f"Received: {len(x)}, {len(y)}, {None if sample_weight is None else len(sample_weight)}"
+        )
+    if not 0 < batch <= len(x):
+        raise ValueError(f"batch must be in [1, len(x)={len(x)}]. Received: batch={batch}")
+    tensors = (x, y) if sample_weight is None else (x, y, sample_weight)
+    ds = tf.data.Dataset.from_tensor_slices(tensors).cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
 def write_split(manifest: str | Path, out: str | Path = DEFAULT_SPLIT_FILE) -> pd.DataFrame:
     """Writes the split of every row of ``manifest`` to ``out`` (CSV)."""
     df = read_manifest(manifest)

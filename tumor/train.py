@@ -272,17 +272,25 @@ def train(args: argparse.Namespace) -> dict:
     saver = SaveBestInner(net, weights_path, monitor, mode)
     log_path = out / f"training_log_{args.kind}.csv"
     t0 = time.monotonic()
-    history = model.fit(
-        x_tr,
-        y_tr,
-        sample_weight=sw_tr,
-        validation_data=(x_va, y_va),
-        batch_size=args.batch,
-        epochs=args.max_epochs,
-        shuffle=True,
-        callbacks=[budget, saver, keras.callbacks.CSVLogger(str(log_path))],
-        verbose=2,
-    )
+    callbacks = [budget, saver, keras.callbacks.CSVLogger(str(log_path))]
+    if keras.backend.backend() == "tensorflow":
+        from tumor.data import make_dataset
+
+        ds_tr = make_dataset(x_tr, y_tr, sw_tr, batch=args.batch, shuffle=True, seed=args.seed)
+        ds_va = make_dataset(x_va, y_va, batch=args.batch, shuffle=False)
+        history = model.fit(ds_tr, validation_data=ds_va, epochs=args.max_epochs, callbacks=callbacks, verbose=2)
+    else:  # JAX / PyTorch on a GPU machine: Keras batches the in-memory arrays itself.
+        history = model.fit(
+            x_tr,
+            y_tr,
+            sample_weight=sw_tr,
+            validation_data=(x_va, y_va),
+            batch_size=args.batch,
+            epochs=args.max_epochs,
+            shuffle=True,
+            callbacks=callbacks,
+            verbose=2,
+        )
     summary = {
         "kind": args.kind,
         "backend": keras.backend.backend(),
