@@ -238,7 +238,7 @@ def pack_arrays(arrays: dict[str, np.ndarray], out: str | Path, quality: int = 9
         offsets=np.array(offsets, np.int64),
         masks=np.packbits(arrays["masks"].astype(bool), axis=-1),
         labels=arrays["labels"],
-        sources=np.array(arrays.get("sources", [""] * len(arrays["labels"]))),
+        sources=np.asarray(arrays.get("sources", [""] * len(arrays["labels"])), dtype=str),
     )
 
 

@@ -278,7 +278,9 @@ def train(args: argparse.Namespace) -> dict:
 
         ds_tr = make_dataset(x_tr, y_tr, sw_tr, batch=args.batch, shuffle=True, seed=args.seed)
         ds_va = make_dataset(x_va, y_va, batch=args.batch, shuffle=False)
-        history = model.fit(ds_tr, validation_data=ds_va, epochs=args.max_epochs, callbacks=callbacks, verbose=2)
+        history = model.fit(
+            ds_tr, validation_data=ds_va, epochs=args.max_epochs, shuffle=False, callbacks=callbacks, verbose=2
+        )  # shuffle=False: the dataset reshuffles itself every epoch
     else:  # JAX / PyTorch on a GPU machine: Keras batches the in-memory arrays itself.
         history = model.fit(
             x_tr,
