@@ -97,7 +97,7 @@ def training_figure(log: pd.DataFrame, title: str) -> go.Figure | None:
         return None
     fig = go.Figure()
     for column in log.columns:
-        if column in ("epoch", "lr", "learning_rate", "elapsed_s"):  # not on the metrics scale
+        if column in ("epoch", "stage", "size", "lr", "learning_rate", "elapsed_s"):  # not on the metrics scale
             continue
         dash = "dash" if column.startswith("val_") else "solid"
         fig.add_trace(
@@ -109,6 +109,14 @@ def training_figure(log: pd.DataFrame, title: str) -> go.Figure | None:
                 line={"dash": dash},
             )
         )
+    if "size" in log.columns:  # a later stage at a new input size (fine-tune) starts here
+        changes = log.index[log["size"].ne(log["size"].shift()) & log.index.to_series().gt(0)]
+        for i in changes:
+            fig.add_vline(
+                x=int(log.loc[i, "epoch"]) + 0.5,
+                line_dash="dot",
+                annotation_text=f"{int(log.loc[i, 'size'])} px",
+            )
     fig.update_layout(
         title=title,
         height=320,
