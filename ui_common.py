@@ -337,6 +337,12 @@ def overlay_controls(pipeline, *, enabled: bool) -> tuple[float, str, float, boo
         (mask threshold, "contour" | "fill", fill opacity, Grad-CAM on).
     """
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
+    min_fraction = float(getattr(pipeline, "min_component_fraction", 0.0))
+    speck_note = (
+        f" Outlined parts smaller than {min_fraction:.2%} of the slice are left out (chosen on validation data)."
+        if min_fraction
+        else ""
+    )
     threshold = c1.slider(
         "Mask threshold",
         min_value=0.05,
@@ -346,7 +352,7 @@ def overlay_controls(pipeline, *, enabled: bool) -> tuple[float, str, float, boo
         key="mask_threshold",
         disabled=not enabled,
         help="Pixels whose tumour probability is at least this value are outlined. "
-        "Changing it re-draws the outline without re-running the model.",
+        "Changing it re-draws the outline without re-running the model." + speck_note,
     )
     mode = c2.radio(
         "Draw as",

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tumor.measure import NO_TUMOUR, Measurements, brain_mask, measure
+from tumor.measure import NO_TUMOUR, Measurements, brain_mask, drop_small_components, measure
 
 
 def _ellipse(angle: float, axes=(40, 20), center=(100, 100), size=(200, 200)) -> np.ndarray:
@@ -168,3 +168,18 @@ def test_brain_mask_finds_filled_head():
 
 def test_brain_mask_of_blank_image_is_empty():
     assert not brain_mask(np.zeros((20, 20, 3), np.uint8)).any()
+
+
+def test_drop_small_components_keeps_exactly_the_components_at_or_above_the_cut():
+    mask = np.zeros((100, 100), bool)
+    mask[10:20, 10:20] = True  # 100 px
+    mask[50:55, 50:55] = True  # 25 px
+    mask[90, 90] = True  # 1 px
+    assert drop_small_components(mask, 0.0).sum() == 126
+    assert drop_small_components(mask, 0.0025).sum() == 125  # cut at 25 px keeps the 25 px square
+    kept = drop_small_components(mask, 0.0026)
+    assert kept.sum() == 100 and kept[10:20, 10:20].all()
+    assert not drop_small_components(mask, 0.02).any()
+    assert mask.sum() == 126  # input untouched
+    with pytest.raises(ValueError, match="min_fraction"):
+        drop_small_components(mask, 1.0)

@@ -147,6 +147,48 @@ def test_analyze_refuses_malformed_arrays(bad):
         _pipeline((0.1, 0.8, 0.05, 0.05)).analyze(bad)
 
 
+class TwoBlobSegmenter:
+    """A large confident blob and a small one, in the model square."""
+
+    def __call__(self, x, training=False):
+        s = x.shape[1]
+        out = np.zeros((x.shape[0], s, s, 1), np.float32)
+        out[:, s // 4 : s // 2, s // 4 : s // 2] = 0.9  # (s/4)^2 pixels
+        out[:, -4:-2, -4:-2] = 0.9  # 2x2 pixels
+        return out
+
+
+def test_small_components_are_dropped_and_the_threshold_still_never_grows_the_mask():
+    kwargs = {"classifier_size": 32, "segmenter_size": 32, "tumor_threshold": 0.5}
+    keep_all = Pipeline(StubClassifier((0.1, 0.8, 0.05, 0.05)), TwoBlobSegmenter(), **kwargs)
+    filtered = Pipeline(
+        StubClassifier((0.1, 0.8, 0.05, 0.05)), TwoBlobSegmenter(), min_component_fraction=0.01, **kwargs
+    )
+    img = np.full((64, 64, 3), 100, np.uint8)  # model square 32 px -> 2x upsampling
+    every, big_only = keep_all.analyze(img).mask(0.5), filtered.analyze(img).mask(0.5)
+    assert big_only.sum() == 16 * 16  # the 8x8 blob, upsampled
+    assert every.sum() == 16 * 16 + 4 * 4  # plus the 2x2 blob (16 px < 1% of 4,096 px)
+    assert not (big_only & ~every).any()
+
+    a = Pipeline(StubClassifier((0.1, 0.8, 0.05, 0.05)), StubSegmenter(), min_component_fraction=0.05, **kwargs)
+    analysis = a.analyze(_slice(60, 90))
+    masks = [analysis.mask(t) for t in np.linspace(0, 1, 41)]
+    assert all(not (hi & ~lo).any() for lo, hi in itertools.pairwise(masks))
+
+
+def test_registry_reads_the_component_filter_and_refuses_a_bad_one(tmp_path):
+    d = _fake_weights_dir(tmp_path)
+    assert weights_lib.read_registry(d).min_component_fraction == 0.0  # absent: keep all
+    raw = json.loads((d / "manifest.json").read_text())
+    raw["thresholds"]["min_component_fraction"] = 0.002
+    (d / "manifest.json").write_text(json.dumps(raw))
+    assert weights_lib.read_registry(d).min_component_fraction == 0.002
+    raw["thresholds"]["min_component_fraction"] = 1.5
+    (d / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match="min_component_fraction"):
+        weights_lib.read_registry(d)
+
+
 def test_mask_threshold_out_of_range_is_refused():
     a = _pipeline((0.1, 0.8, 0.05, 0.05)).analyze(_slice())
     with pytest.raises(ValueError, match="threshold"):

@@ -111,3 +111,30 @@ def test_train_cli_runs_on_packed_slices_and_writes_its_artefacts(tmp_path):
     net = models.build_segmenter(64)
     net.load_weights(out / "segmenter.weights.h5")  # the best-on-val inner network, loadable as shipped
     assert net.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0).shape == (1, 64, 64, 1)
+
+
+def test_calibrate_keeps_the_sensitivity_floor_and_drops_specks_only_when_dice_gains():
+    from tumor import evaluate
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        tumour = i < 30
+        truth = np.zeros((64, 64), bool)
+        pm = np.zeros((64, 64), np.float32)
+        if tumour:
+            truth[20:36, 20:36] = True
+            pm[18:36, 20:36] = 0.7  # two rows too many above 0.5; a perfect fit at 0.75
+            pm[20:36, 20:36] = 0.8
+            pm[2:4, 2:4] = 0.9  # a 4 px false speck, far from the tumour
+        p = rng.uniform(0.6, 1.0) if tumour else rng.uniform(0.0, 0.55)
+        rows.append({"label": "glioma" if tumour else "no_tumor", "p_tumor": p, "truth": truth, "prob_map": pm})
+    tumor_t, mask_t, min_frac = evaluate.calibrate(pd.DataFrame(rows))
+    p = np.array([r["p_tumor"] for r in rows])
+    assert ((p >= tumor_t)[:30]).mean() >= 0.95
+    assert mask_t == 0.75
+    assert min_frac > 0 and 4 < min_frac * 64 * 64 <= 256  # the speck goes, the tumour stays
+
+    for r in rows:
+        r["prob_map"][2:4, 2:4] = 0.0
+    assert evaluate.calibrate(pd.DataFrame(rows))[2] == 0.0  # nothing to gain: keep every component

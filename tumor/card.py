@@ -30,13 +30,20 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _component_words(fraction: float) -> str:
+    if not fraction:
+        return ""
+    return f", mask parts under {fraction:.2%} of the slice dropped"
+
+
 def render(metrics: dict) -> str:
     """Markdown tables: headline figures against the bars, then per source."""
     lines = [
         f"Test split, {metrics['n_slices']} slices never used for training or tuning "
         f"(model {metrics.get('model_version', '?')}; tumour threshold "
-        f"{metrics['detection']['threshold']}, mask threshold {metrics['segmentation']['mask_threshold']}, "
-        "both chosen on the validation split). Command: "
+        f"{metrics['detection']['threshold']}, mask threshold {metrics['segmentation']['mask_threshold']}"
+        f"{_component_words(metrics['segmentation'].get('min_component_fraction', 0.0))}, "
+        "all chosen on the validation split). Command: "
         "`python -m tumor.evaluate --manifest ../shared/data/manifest.csv --split test --out weights/metrics.json`.",
         "",
         "| metric | test | bar | met |",

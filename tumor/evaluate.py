@@ -3,8 +3,10 @@
 Runs the shipped pipeline exactly as the app does (``Pipeline.analyze`` on
 each slice read by ``tumor.io``) over every row of a manifest, or over one
 split of it, and writes detection, type and segmentation metrics overall and
-per source. ``--calibrate`` instead picks the tumour and mask thresholds on
-the validation split and writes them into ``weights/manifest.json``.
+per source. ``--calibrate`` instead picks the tumour and mask thresholds, the
+smallest kept mask component and flip averaging on the validation split, writes
+them into ``weights/manifest.json`` and the validation figures behind the
+choice into ``weights/calibration.json``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-from tumor import data, metrics
+from tumor import data, measure, metrics
 from tumor.io import read_image
 from tumor.models import CLASS_NAMES, TUMOR_TYPES
 
 ROC_POINTS = 101  # points kept of the ROC curve, for plotting
 MASK_THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.05), 2)
+# Smallest kept mask component, as a fraction of the slice (512 px: 0 to ~1,000 px).
+MIN_COMPONENT_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.004)
 
 
 def _read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
@@ -70,11 +74,16 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.Da
     return out
 
 
-def _mask(prob_map: np.ndarray | None, shape: tuple[int, int], threshold: float) -> np.ndarray:
-    return np.zeros(shape, bool) if prob_map is None else prob_map >= threshold
+def _mask(
+    prob_map: np.ndarray | None, shape: tuple[int, int], threshold: float, min_fraction: float = 0.0
+) -> np.ndarray:
+    """The mask exactly as ``Analysis.mask`` makes it."""
+    if prob_map is None:
+        return np.zeros(shape, bool)
+    return measure.drop_small_components(prob_map >= max(threshold, 1e-6), min_fraction)
 
 
-def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float) -> dict:
+def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float, min_fraction: float = 0.0) -> dict:
     """Detection, type and segmentation figures for the rows of ``res``."""
     y = (res["label"] != "no_tumor").to_numpy()
     p = res["p_tumor"].to_numpy(dtype=float)
@@ -108,8 +117,10 @@ def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float) -
     dices = {}
     for i, row in res.iterrows():
         if row["truth"].any():
-            dices[i] = metrics.dice(_mask(row["prob_map"], row["truth"].shape, mask_threshold), row["truth"])
-    seg: dict = {"mask_threshold": mask_threshold}
+            dices[i] = metrics.dice(
+                _mask(row["prob_map"], row["truth"].shape, mask_threshold, min_fraction), row["truth"]
+            )
+    seg: dict = {"mask_threshold": mask_threshold, "min_component_fraction": min_fraction}
     seg["tumor_slice_dice_mean"] = float(np.mean(list(dices.values()))) if dices else None
     seg["dice_values"] = [round(float(v), 4) for v in dices.values()]
     fig = [dices[i] for i in res.index[res["source"] == "figshare_cheng"] if i in dices]
@@ -119,7 +130,7 @@ def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float) -
     for patient, rows in lgg.groupby("patient_id"):
         inter = pred_sum = truth_sum = 0
         for _, row in rows.iterrows():
-            pred = _mask(row["prob_map"], row["truth"].shape, mask_threshold)
+            pred = _mask(row["prob_map"], row["truth"].shape, mask_threshold, min_fraction)
             inter += int(np.logical_and(pred, row["truth"]).sum())
             pred_sum += int(pred.sum())
             truth_sum += int(row["truth"].sum())
@@ -133,23 +144,29 @@ def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float) -
     return out
 
 
-def compute_metrics(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float) -> dict:
+def compute_metrics(
+    res: pd.DataFrame, tumor_threshold: float, mask_threshold: float, min_fraction: float = 0.0
+) -> dict:
     """Overall figures plus ``per_source.<source>`` for the analysed rows."""
-    result = _summary(res, tumor_threshold, mask_threshold)
+    result = _summary(res, tumor_threshold, mask_threshold, min_fraction)
     result["per_source"] = {
-        source: _summary(part, tumor_threshold, mask_threshold) for source, part in res.groupby("source")
+        source: _summary(part, tumor_threshold, mask_threshold, min_fraction) for source, part in res.groupby("source")
     }
     for part in result["per_source"].values():
         part["segmentation"].pop("dice_values", None)
     return result
 
 
-def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, float]:
+def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, float, float]:
     """Picks thresholds on validation rows.
 
     The tumour threshold maximises Youden's J among thresholds that keep
     sensitivity at ``min_sensitivity`` or more (a missed tumour costs more than a
-    false alarm); the mask threshold maximises the mean Dice on tumour slices.
+    false alarm). The mask threshold maximises the mean Dice on tumour slices;
+    then, at that threshold, so does the smallest kept component (0 = keep all).
+
+    Returns:
+        ``(tumor_threshold, mask_threshold, min_component_fraction)``.
     """
     y = (res["label"] != "no_tumor").to_numpy()
     p = res["p_tumor"].to_numpy(dtype=float)
@@ -157,13 +174,16 @@ def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, 
     ok = tpr >= min_sensitivity
     j = np.where(ok, tpr - fpr, -np.inf)
     tumor_t = float(np.clip(thr[int(np.argmax(j))], 0.05, 0.95))
-    best_mask_t, best_dice = 0.5, -1.0
     tumour_rows = [(row["prob_map"], row["truth"]) for _, row in res.iterrows() if row["truth"].any()]
-    for t in MASK_THRESHOLDS:
-        d = np.mean([metrics.dice(_mask(pm, tr.shape, float(t)), tr) for pm, tr in tumour_rows]) if tumour_rows else 0
-        if d > best_dice:
-            best_mask_t, best_dice = float(t), float(d)
-    return round(tumor_t, 4), best_mask_t
+
+    def mean_dice(t: float, f: float) -> float:
+        return float(np.mean([metrics.dice(_mask(pm, tr.shape, t, f), tr) for pm, tr in tumour_rows]))
+
+    if not tumour_rows:
+        return round(tumor_t, 4), 0.5, 0.0
+    mask_t = max((float(t) for t in MASK_THRESHOLDS), key=lambda t: mean_dice(t, 0.0))
+    min_frac = max(MIN_COMPONENT_FRACTIONS, key=lambda f: mean_dice(mask_t, f))
+    return round(tumor_t, 4), mask_t, float(min_frac)
 
 
 def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None:
@@ -171,35 +191,48 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
     from tumor import weights as weights_lib
 
     pipeline.tumor_threshold = 0.0  # segment every slice so the mask threshold can be chosen
-    candidates = {}
+    candidates, report = {}, []
     for tta in (False, True):
         pipeline.flip_tta = tta
         res = run_pipeline(pipeline, df)
-        tumor_t, mask_t = calibrate(res)
-        m = _summary(res, tumor_t, mask_t)
+        tumor_t, mask_t, min_frac = calibrate(res)
+        m = _summary(res, tumor_t, mask_t, min_frac)
+        unfiltered = _summary(res, tumor_t, mask_t, 0.0)["segmentation"]
         score = m["detection"]["auc"] + m["type"]["accuracy"] + m["segmentation"]["tumor_slice_dice_mean"]
-        candidates[tta] = (score, tumor_t, mask_t)
-        print(
-            json.dumps(
-                {
-                    "flip_tta": tta,
-                    "tumor_threshold": tumor_t,
-                    "mask_threshold": mask_t,
-                    "val_auc": m["detection"]["auc"],
-                    "val_type_accuracy": m["type"]["accuracy"],
-                    "val_dice": m["segmentation"]["tumor_slice_dice_mean"],
-                }
-            ),
-            flush=True,
+        candidates[tta] = (score, tumor_t, mask_t, min_frac)
+        seg = m["segmentation"]
+        report.append(
+            {
+                "flip_tta": tta,
+                "tumor_threshold": tumor_t,
+                "mask_threshold": mask_t,
+                "min_component_fraction": min_frac,
+                "val_auc": m["detection"]["auc"],
+                "val_type_accuracy": m["type"]["accuracy"],
+                "val_tumor_slice_dice": seg["tumor_slice_dice_mean"],
+                "val_tumor_slice_dice_without_component_filter": unfiltered["tumor_slice_dice_mean"],
+                "val_figshare_slice_dice": seg["figshare_slice_dice_mean"],
+                "val_lgg_patient_dice_every_slice_segmented": seg["lgg_patient_dice_mean"],
+            }
         )
+        print(json.dumps(report[-1]), flush=True)
     tta = max(candidates, key=lambda k: candidates[k][0])
-    _, tumor_t, mask_t = candidates[tta]
+    _, tumor_t, mask_t, min_frac = candidates[tta]
     wdir = Path(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
     manifest = json.loads((wdir / weights_lib.MANIFEST_NAME).read_text())
-    manifest["thresholds"] = {"tumor": tumor_t, "mask": mask_t, "chosen_on": f"{args.split} split"}
+    manifest["thresholds"] = {
+        "tumor": tumor_t,
+        "mask": mask_t,
+        "min_component_fraction": min_frac,
+        "chosen_on": f"{args.split} split",
+    }
     manifest["flip_tta"] = tta
     (wdir / weights_lib.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    print(json.dumps({"chosen": {"flip_tta": tta, "tumor_threshold": tumor_t, "mask_threshold": mask_t}}))
+    chosen = {"flip_tta": tta, "tumor_threshold": tumor_t, "mask_threshold": mask_t, "min_component_fraction": min_frac}
+    (wdir / "calibration.json").write_text(
+        json.dumps({"split": args.split, "candidates": report, "chosen": chosen}, indent=2) + "\n"
+    )
+    print(json.dumps({"chosen": chosen}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         _calibrate_cli(pipeline, df, args)
         return
     res = run_pipeline(pipeline, df)
-    result = compute_metrics(res, pipeline.tumor_threshold, pipeline.mask_threshold)
+    result = compute_metrics(res, pipeline.tumor_threshold, pipeline.mask_threshold, pipeline.min_component_fraction)
     result["model_version"] = pipeline.version
     result["weights_sha256"] = pipeline.weights_sha256
     result["manifest"] = Path(args.manifest).name

@@ -61,6 +61,33 @@ class Measurements:
     position: str
 
 
+def drop_small_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Removes connected components smaller than ``min_fraction`` of the slice.
+
+    The cut is an absolute size (a fraction of H x W), so a higher mask
+    threshold still never grows the mask: each component at a higher
+    threshold lies inside one at a lower threshold that is at least as large.
+
+    Args:
+        mask: boolean (H, W) mask.
+        min_fraction: smallest kept component, as a fraction of the slice's
+            pixels, in [0, 1); 0 keeps everything.
+
+    Returns:
+        A new boolean (H, W) mask.
+    """
+    mask = _as_bool_2d(mask, "mask")
+    if not 0.0 <= min_fraction < 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1). Received: min_fraction={min_fraction}")
+    min_area = min_fraction * mask.size
+    if min_area <= 1 or not mask.any():
+        return mask.copy()
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return keep[labels]
+
+
 def brain_mask(rgb: np.ndarray) -> np.ndarray:
     """Finds the head/brain region of a slice.
 

@@ -53,6 +53,8 @@ class Analysis:
         prob_map: float32 (H, W) tumour probability at the slice's resolution;
             None when negative (the segmenter never ran).
         default_mask_threshold: the shipped mask threshold.
+        min_component_fraction: mask components smaller than this fraction of
+            the slice are dropped (chosen on validation; 0 keeps all).
         pixel_spacing_mm: (row, col) spacing, None when unknown.
         orientation: patient directions of image +x and +y, None when unknown.
         model_version: the registry's version string.
@@ -69,6 +71,7 @@ class Analysis:
     behaviour: str
     prob_map: np.ndarray | None = field(repr=False)
     default_mask_threshold: float = 0.5
+    min_component_fraction: float = 0.0
     pixel_spacing_mm: tuple[float, float] | None = None
     orientation: tuple[str, str] | None = None
     model_version: str = "unversioned"
@@ -89,7 +92,10 @@ class Analysis:
             raise ValueError(f"Mask threshold must be in [0, 1]. Received: threshold={threshold}")
         if self.prob_map is None:
             return np.zeros(self.image.shape[:2], bool)
-        return self.prob_map >= max(t, 1e-6)
+        mask = self.prob_map >= max(t, 1e-6)
+        if self.min_component_fraction > 0:
+            mask = measure_lib.drop_small_components(mask, self.min_component_fraction)
+        return mask
 
     @functools.cached_property
     def brain(self) -> np.ndarray:
@@ -181,6 +187,8 @@ class Pipeline:
         version: model version shown with every result.
         weights_sha256: ``kind -> sha256`` of the loaded weights.
         metrics: the test metrics shipped with the weights, if any.
+        min_component_fraction: mask components smaller than this fraction of
+            the slice are dropped.
         flip_tta: average each model over the slice and its left-right mirror
             (one batched call of two), when validation showed it helps.
     """
@@ -198,6 +206,7 @@ class Pipeline:
         weights_sha256: dict[str, str] | None = None,
         metrics: dict | None = None,
         flip_tta: bool = False,
+        min_component_fraction: float = 0.0,
     ):
         self.classifier = classifier
         self.flip_tta = flip_tta
@@ -206,6 +215,7 @@ class Pipeline:
         self.segmenter_size = segmenter_size
         self.tumor_threshold = tumor_threshold
         self.mask_threshold = mask_threshold
+        self.min_component_fraction = min_component_fraction
         self.version = version
         self.weights_sha256 = dict(weights_sha256 or {})
         self.metrics = metrics
@@ -234,6 +244,7 @@ class Pipeline:
             weights_sha256={k: m.sha256 for k, m in registry.models.items()},
             metrics=weights_lib.read_metrics(weights_dir),
             flip_tta=registry.flip_tta,
+            min_component_fraction=registry.min_component_fraction,
         )
 
     def classify(self, rgb: np.ndarray) -> np.ndarray:
@@ -305,6 +316,7 @@ class Pipeline:
             behaviour=BEHAVIOUR[predicted],
             prob_map=prob_map,
             default_mask_threshold=self.mask_threshold,
+            min_component_fraction=self.min_component_fraction,
             pixel_spacing_mm=spacing_mm,
             orientation=orientation,
             model_version=self.version,

@@ -51,6 +51,8 @@ class Registry:
         mask_threshold: default probability threshold of the tumour mask.
         models: ``kind -> ModelEntry``.
         flip_tta: whether the pipeline averages over a left-right mirror.
+        min_component_fraction: mask components below this fraction of the
+            slice are dropped (``thresholds.min_component_fraction``; 0 if absent).
     """
 
     version: str
@@ -59,6 +61,7 @@ class Registry:
     mask_threshold: float
     models: dict[str, ModelEntry]
     flip_tta: bool = False
+    min_component_fraction: float = 0.0
 
 
 def sha256_file(path: str | Path) -> str:
@@ -102,11 +105,17 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
             mask_threshold=float(raw["thresholds"]["mask"]),
             models=models,
             flip_tta=bool(raw.get("flip_tta", False)),
+            min_component_fraction=float(raw["thresholds"].get("min_component_fraction", 0.0)),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise WeightsError(
             f"{manifest} is malformed ({type(err).__name__}: {err}); restore it from the repository."
         ) from err
+    if not 0.0 <= registry.min_component_fraction < 1.0:
+        raise WeightsError(
+            f"{manifest} has min_component_fraction={registry.min_component_fraction}, outside [0, 1); "
+            "restore it from the repository."
+        )
     if registry.class_names != CLASS_NAMES:
         raise WeightsError(
             f"{manifest} lists classes {registry.class_names}, but this code expects {CLASS_NAMES}. "
