@@ -122,6 +122,7 @@ def training_figure(log: pd.DataFrame, title: str) -> go.Figure | None:
         height=320,
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
         xaxis={"title": "Epoch"},
+        yaxis={"type": "log", "title": "log scale"},  # an early loss spike would flatten the rest
     )
     return fig
 
