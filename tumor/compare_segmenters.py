@@ -17,7 +17,7 @@ import json
 import numpy as np
 
 from tumor import data, metrics, models
-from tumor.evaluate import _read_mask
+from tumor.evaluate import read_mask
 from tumor.io import read_image
 from tumor.pipeline import Pipeline
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     pipes = {}
     for cand in args.candidates:
         path, size = cand.rsplit(":", 1)
-        net = models.build_segmenter(int(size), base_filters=models.SEGMENTER_BASE_FILTERS, depth=4)
+        net = models.build_segmenter(int(size))
         net.load_weights(path)
         pipes[cand] = Pipeline(None, net, classifier_size=int(size), segmenter_size=int(size), flip_tta=True)
     names = [*pipes, "mean of all"]
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     sources = []
     for image_file, mask_file, source in zip(df["image_file"], df["mask_file"], df["source"], strict=True):
         rgb = read_image(image_file)
-        truth = _read_mask(mask_file, rgb.shape[:2])
+        truth = read_mask(mask_file, rgb.shape[:2])
         if not truth.any():
             continue
         sources.append(source)

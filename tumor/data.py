@@ -161,8 +161,9 @@ def make_dataset(
 ):
     """A tf.data pipeline over slices already decoded into memory.
 
-    The arrays were decoded once (``load_arrays`` or ``load_packed``); the
-    dataset caches them as tensors, reshuffles every epoch with ``seed`` when
+    The arrays were decoded once (``load_arrays`` or ``load_packed``) and are
+    already in memory, so the dataset only slices them (no ``cache()``, which
+    would hold a second copy); it reshuffles every epoch with ``seed`` when
     ``shuffle``, batches whole batches only (a ragged last batch would make a
     compiled step retrace) and prefetches. Augmentation is not done here: it
     runs inside the model's training graph (``tumor.train``).
@@ -188,7 +189,7 @@ def make_dataset(
     if not 0 < batch <= len(x):
         raise ValueError(f"batch must be in [1, len(x)={len(x)}]. Received: batch={batch}")
     tensors = (x, y) if sample_weight is None else (x, y, sample_weight)
-    ds = tf.data.Dataset.from_tensor_slices(tensors).cache()
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-from tumor import data, measure, metrics
+from tumor import data, metrics
 from tumor.io import read_image
 from tumor.models import CLASS_NAMES, TUMOR_TYPES
+from tumor.pipeline import Pipeline, threshold_mask
 
 ROC_POINTS = 101  # points kept of the ROC curve, for plotting
 MASK_THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.05), 2)
@@ -30,7 +31,8 @@ MASK_THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.05), 2)
 MIN_COMPONENT_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.004)
 
 
-def _read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """A manifest's expert mask as bool (H, W); all False when ``path`` is empty."""
     if not path:
         return np.zeros(shape, bool)
     from PIL import Image
@@ -62,7 +64,7 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.Da
                 "p_tumor": a.p_tumor,
                 "pred": a.predicted_class,
                 "type_pred": TUMOR_TYPES[int(np.argmax(probs[1:]))],
-                "truth": _read_mask(mask_file, rgb.shape[:2]),
+                "truth": read_mask(mask_file, rgb.shape[:2]),
                 "prob_map": a.prob_map,
             }
         )
@@ -77,10 +79,8 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.Da
 def _mask(
     prob_map: np.ndarray | None, shape: tuple[int, int], threshold: float, min_fraction: float = 0.0
 ) -> np.ndarray:
-    """The mask exactly as ``Analysis.mask`` makes it."""
-    if prob_map is None:
-        return np.zeros(shape, bool)
-    return measure.drop_small_components(prob_map >= max(threshold, 1e-6), min_fraction)
+    """The mask as ``Analysis.mask`` makes it; all False where the segmenter did not run."""
+    return np.zeros(shape, bool) if prob_map is None else threshold_mask(prob_map, threshold, min_fraction)
 
 
 def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float, min_fraction: float = 0.0) -> dict:
@@ -197,7 +197,7 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
         res = run_pipeline(pipeline, df)
         tumor_t, mask_t, min_frac = calibrate(res)
         m = _summary(res, tumor_t, mask_t, min_frac)
-        unfiltered = _summary(res, tumor_t, mask_t, 0.0)["segmentation"]
+        unfiltered = _summary(res, tumor_t, mask_t, 0.0)["segmentation"] if min_frac else m["segmentation"]
         score = m["detection"]["auc"] + m["type"]["accuracy"] + m["segmentation"]["tumor_slice_dice_mean"]
         candidates[tta] = (score, tumor_t, mask_t, min_frac)
         seg = m["segmentation"]
@@ -255,8 +255,6 @@ def main(argv: list[str] | None = None) -> None:
         help="choose thresholds on these rows and write them to the weights manifest (default: off)",
     )
     args = parser.parse_args(argv)
-
-    from tumor.pipeline import Pipeline
 
     df = data.read_manifest(args.manifest)
     if args.split != "all":

@@ -36,6 +36,19 @@ DISPLAY_NAMES = {
 }
 
 
+def threshold_mask(prob_map: np.ndarray, threshold: float, min_component_fraction: float = 0.0) -> np.ndarray:
+    """The tumour mask of a probability map: the one rule the app and ``evaluate`` share.
+
+    Pixels at or above ``threshold`` (a threshold of 0 still leaves out pixels of
+    probability 0), minus components smaller than ``min_component_fraction`` of
+    the map.
+    """
+    mask = prob_map >= max(threshold, 1e-6)
+    if min_component_fraction > 0:
+        mask = measure_lib.drop_small_components(mask, min_component_fraction)
+    return mask
+
+
 @dataclass(frozen=True, eq=False)
 class Analysis:
     """The models' outputs for one slice, and what derives from them.
@@ -92,10 +105,7 @@ class Analysis:
             raise ValueError(f"Mask threshold must be in [0, 1]. Received: threshold={threshold}")
         if self.prob_map is None:
             return np.zeros(self.image.shape[:2], bool)
-        mask = self.prob_map >= max(t, 1e-6)
-        if self.min_component_fraction > 0:
-            mask = measure_lib.drop_small_components(mask, self.min_component_fraction)
-        return mask
+        return threshold_mask(self.prob_map, t, self.min_component_fraction)
 
     @functools.cached_property
     def brain(self) -> np.ndarray:
