@@ -138,3 +138,36 @@ def test_calibrate_keeps_the_sensitivity_floor_and_drops_specks_only_when_dice_g
     for r in rows:
         r["prob_map"][2:4, 2:4] = 0.0
     assert evaluate.calibrate(pd.DataFrame(rows))[2] == 0.0  # nothing to gain: keep every component
+
+
+def test_segmentation_score_pools_lgg_patients_applies_the_cascade_and_averages_the_scored_sources():
+    from tumor import evaluate
+
+    def row(source, patient, p, truth_px, pred_px):
+        truth = np.zeros((10, 10), bool)
+        truth.flat[truth_px] = True
+        pm = np.zeros((10, 10), np.float32)
+        pm.flat[pred_px] = 0.9
+        return {"source": source, "patient_id": patient, "p_tumor": p, "truth": truth, "prob_map": pm}
+
+    rows = [
+        # LGG patient A: slice 1 found exactly (10 px); slice 2 (10 px) is a classifier miss -> empty mask.
+        row("lgg_kaggle_3m", "A", 0.9, range(10), range(10)),
+        row("lgg_kaggle_3m", "A", 0.1, range(20, 30), range(20, 30)),
+        # LGG patient B: no tumour anywhere, nothing drawn -> Dice 1 by convention.
+        row("lgg_kaggle_3m", "B", 0.9, [], []),
+        # figshare: 8 of 10 truth pixels found, no false pixels -> 16 / 18.
+        row("figshare_cheng", "C", 0.9, range(10), range(8)),
+    ]
+    res = pd.DataFrame(rows)
+    lgg = np.mean([2 * 10 / (10 + 20), 1.0])
+    assert evaluate.segmentation_score(res, 0.5, 0.5, 0.0) == pytest.approx((lgg + 16 / 18) / 2)
+    # With the tumour threshold below every P(tumour), patient A's second slice is segmented too.
+    assert evaluate.segmentation_score(res, 0.05, 0.5, 0.0) == pytest.approx((1.0 + 16 / 18) / 2)
+    # Above the map's values, nothing is drawn: patient A scores 0, patient B still 1, figshare 0.
+    assert evaluate.segmentation_score(res, 0.5, 0.95, 0.0) == pytest.approx((0.5 + 0.0) / 2)
+    # A manifest from neither source falls back to the mean Dice over tumour slices.
+    other = res.assign(source="new_site")
+    assert evaluate.segmentation_score(other, 0.5, 0.5, 0.0) == pytest.approx(np.mean([1.0, 0.0, 16 / 18]))
+    # The cascade view that `evaluate` reports matches: negative rows lose their map.
+    assert [pm is None for pm in evaluate.apply_cascade(res, 0.5)["prob_map"]] == [False, True, False, False]

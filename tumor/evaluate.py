@@ -26,7 +26,8 @@ from tumor.models import CLASS_NAMES, TUMOR_TYPES
 from tumor.pipeline import Pipeline, threshold_mask
 
 ROC_POINTS = 101  # points kept of the ROC curve, for plotting
-MASK_THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.05), 2)
+MASK_THRESHOLDS = np.round(np.arange(0.05, 0.81, 0.05), 2)
+FIGSHARE, LGG = "figshare_cheng", "lgg_kaggle_3m"  # the sources behind the scored segmentation figures
 # Smallest kept mask component, as a fraction of the slice (512 px: 0 to ~1,000 px).
 MIN_COMPONENT_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.004)
 
@@ -157,13 +158,55 @@ def compute_metrics(
     return result
 
 
+def apply_cascade(res: pd.DataFrame, tumor_threshold: float) -> pd.DataFrame:
+    """``res`` as the app would have it at ``tumor_threshold``: no map where the slice is negative."""
+    out = res.copy()
+    out["prob_map"] = [pm if p >= tumor_threshold else None for pm, p in zip(res["prob_map"], res["p_tumor"])]
+    return out
+
+
+def segmentation_score(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float, min_fraction: float) -> float:
+    """What mask calibration maximises: the scored segmentation figures, cascade applied.
+
+    The mean of the figshare per-slice Dice and the LGG per-patient Dice (pixels
+    pooled over all of a patient's slices), over whichever of the two sources
+    ``res`` holds; the mean Dice over tumour slices when it holds neither. A
+    slice with P(tumour) below ``tumor_threshold`` gets an empty mask, as in the app.
+    """
+    n = len(res)
+    sources = res["source"] if "source" in res else [""] * n
+    patients = res["patient_id"] if "patient_id" in res else [""] * n
+    fig, every, pooled = [], [], {}
+    for pm, p, truth, source, patient in zip(res["prob_map"], res["p_tumor"], res["truth"], sources, patients):
+        pred = _mask(pm if p >= tumor_threshold else None, truth.shape, mask_threshold, min_fraction)
+        if source == LGG:
+            acc = pooled.setdefault(patient, np.zeros(3, np.int64))
+            acc += (int(np.logical_and(pred, truth).sum()), int(pred.sum()), int(truth.sum()))
+        if truth.any():
+            every.append(metrics.dice(pred, truth))
+            if source == FIGSHARE:
+                fig.append(every[-1])
+    parts = []
+    if fig:
+        parts.append(float(np.mean(fig)))
+    if pooled:
+        parts.append(float(np.mean([2 * i / (ps + ts) if ps + ts else 1.0 for i, ps, ts in pooled.values()])))
+    if not parts and every:
+        parts.append(float(np.mean(every)))
+    return float(np.mean(parts)) if parts else 0.0
+
+
 def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, float, float]:
     """Picks thresholds on validation rows.
 
     The tumour threshold maximises Youden's J among thresholds that keep
     sensitivity at ``min_sensitivity`` or more (a missed tumour costs more than a
-    false alarm). The mask threshold maximises the mean Dice on tumour slices;
-    then, at that threshold, so does the smallest kept component (0 = keep all).
+    false alarm). With it applied as in the app, the mask threshold maximises
+    ``segmentation_score`` (the figures the bars are set on); then, at that
+    threshold, so does the smallest kept component (0 = keep all).
+
+    ``res`` must hold a probability map for every row (run with a tumour
+    threshold of 0), so that any tumour threshold can be applied afterwards.
 
     Returns:
         ``(tumor_threshold, mask_threshold, min_component_fraction)``.
@@ -174,15 +217,10 @@ def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, 
     ok = tpr >= min_sensitivity
     j = np.where(ok, tpr - fpr, -np.inf)
     tumor_t = float(np.clip(thr[int(np.argmax(j))], 0.05, 0.95))
-    tumour_rows = [(row["prob_map"], row["truth"]) for _, row in res.iterrows() if row["truth"].any()]
-
-    def mean_dice(t: float, f: float) -> float:
-        return float(np.mean([metrics.dice(_mask(pm, tr.shape, t, f), tr) for pm, tr in tumour_rows]))
-
-    if not tumour_rows:
+    if not any(t.any() for t in res["truth"]):
         return round(tumor_t, 4), 0.5, 0.0
-    mask_t = max((float(t) for t in MASK_THRESHOLDS), key=lambda t: mean_dice(t, 0.0))
-    min_frac = max(MIN_COMPONENT_FRACTIONS, key=lambda f: mean_dice(mask_t, f))
+    mask_t = max((float(t) for t in MASK_THRESHOLDS), key=lambda t: segmentation_score(res, tumor_t, t, 0.0))
+    min_frac = max(MIN_COMPONENT_FRACTIONS, key=lambda f: segmentation_score(res, tumor_t, mask_t, f))
     return round(tumor_t, 4), mask_t, float(min_frac)
 
 
@@ -196,11 +234,13 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
         pipeline.flip_tta = tta
         res = run_pipeline(pipeline, df)
         tumor_t, mask_t, min_frac = calibrate(res)
-        m = _summary(res, tumor_t, mask_t, min_frac)
-        unfiltered = _summary(res, tumor_t, mask_t, 0.0)["segmentation"] if min_frac else m["segmentation"]
-        score = m["detection"]["auc"] + m["type"]["accuracy"] + m["segmentation"]["tumor_slice_dice_mean"]
-        candidates[tta] = (score, tumor_t, mask_t, min_frac)
+        shipped = apply_cascade(res, tumor_t)  # the val figures `evaluate --split val` gives at these settings
+        m = _summary(shipped, tumor_t, mask_t, min_frac)
         seg = m["segmentation"]
+        every = _summary(res, tumor_t, mask_t, min_frac)["segmentation"]
+        objective = segmentation_score(res, tumor_t, mask_t, min_frac)
+        score = m["detection"]["auc"] + m["type"]["accuracy"] + objective
+        candidates[tta] = (score, tumor_t, mask_t, min_frac)
         report.append(
             {
                 "flip_tta": tta,
@@ -208,11 +248,17 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
                 "mask_threshold": mask_t,
                 "min_component_fraction": min_frac,
                 "val_auc": m["detection"]["auc"],
+                "val_sensitivity": m["detection"]["sensitivity"],
+                "val_specificity": m["detection"]["specificity"],
                 "val_type_accuracy": m["type"]["accuracy"],
-                "val_tumor_slice_dice": seg["tumor_slice_dice_mean"],
-                "val_tumor_slice_dice_without_component_filter": unfiltered["tumor_slice_dice_mean"],
+                "val_segmentation_objective": objective,
+                "val_lgg_patient_dice": seg["lgg_patient_dice_mean"],
                 "val_figshare_slice_dice": seg["figshare_slice_dice_mean"],
-                "val_lgg_patient_dice_every_slice_segmented": seg["lgg_patient_dice_mean"],
+                "val_tumor_slice_dice": seg["tumor_slice_dice_mean"],
+                "val_lgg_patient_dice_every_slice_segmented": every["lgg_patient_dice_mean"],
+                "val_objective_by_mask_threshold": {
+                    str(float(t)): round(segmentation_score(res, tumor_t, float(t), 0.0), 4) for t in MASK_THRESHOLDS
+                },
             }
         )
         print(json.dumps(report[-1]), flush=True)
