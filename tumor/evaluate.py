@@ -161,7 +161,8 @@ def compute_metrics(
 def apply_cascade(res: pd.DataFrame, tumor_threshold: float) -> pd.DataFrame:
     """``res`` as the app would have it at ``tumor_threshold``: no map where the slice is negative."""
     out = res.copy()
-    out["prob_map"] = [pm if p >= tumor_threshold else None for pm, p in zip(res["prob_map"], res["p_tumor"])]
+    maps = zip(res["prob_map"], res["p_tumor"], strict=True)
+    out["prob_map"] = [pm if p >= tumor_threshold else None for pm, p in maps]
     return out
 
 
@@ -177,7 +178,8 @@ def segmentation_score(res: pd.DataFrame, tumor_threshold: float, mask_threshold
     sources = res["source"] if "source" in res else [""] * n
     patients = res["patient_id"] if "patient_id" in res else [""] * n
     fig, every, pooled = [], [], {}
-    for pm, p, truth, source, patient in zip(res["prob_map"], res["p_tumor"], res["truth"], sources, patients):
+    rows = zip(res["prob_map"], res["p_tumor"], res["truth"], sources, patients, strict=True)
+    for pm, p, truth, source, patient in rows:
         pred = _mask(pm if p >= tumor_threshold else None, truth.shape, mask_threshold, min_fraction)
         if source == LGG:
             acc = pooled.setdefault(patient, np.zeros(3, np.int64))
