@@ -171,3 +171,31 @@ def test_segmentation_score_pools_lgg_patients_applies_the_cascade_and_averages_
     assert evaluate.segmentation_score(other, 0.5, 0.5, 0.0) == pytest.approx(np.mean([1.0, 0.0, 16 / 18]))
     # The cascade view that `evaluate` reports matches: negative rows lose their map.
     assert [pm is None for pm in evaluate.apply_cascade(res, 0.5)["prob_map"]] == [False, True, False, False]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
+def test_calibrate_cli_writes_its_choice_into_a_copy_of_the_weights_folder(tmp_path):
+    import shutil
+
+    from tumor import evaluate, weights
+
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    for name in ("classifier.weights.h5", "segmenter.weights.h5", "manifest.json"):
+        shutil.copy(ROOT / "weights" / name, wdir / name)
+    manifest = _gallery_manifest(tmp_path)
+    evaluate.main(["--manifest", str(manifest), "--weights", str(wdir), "--calibrate", "--flip-tta", "off"])
+    written = json.loads((wdir / "manifest.json").read_text())
+    report = json.loads((wdir / "calibration.json").read_text())
+    assert written["flip_tta"] is False and [c["flip_tta"] for c in report["candidates"]] == [False]
+    chosen = report["chosen"]
+    assert written["thresholds"]["mask"] == chosen["mask_threshold"]
+    assert float(chosen["mask_threshold"]) in [float(t) for t in evaluate.MASK_THRESHOLDS]
+    cand = report["candidates"][0]
+    # The chosen mask threshold is the best of the grid (the speck filter can only add to it),
+    # and the folder still loads: the weights' hashes are untouched.
+    by_t = cand["val_objective_by_mask_threshold"]
+    assert by_t[str(float(chosen["mask_threshold"]))] == pytest.approx(max(by_t.values()), abs=1e-4)
+    assert cand["val_segmentation_objective"] >= max(by_t.values()) - 1e-4
+    assert weights.read_registry(wdir).version == written["version"]

@@ -232,7 +232,7 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
 
     pipeline.tumor_threshold = 0.0  # segment every slice so the mask threshold can be chosen
     candidates, report = {}, []
-    for tta in (False, True):
+    for tta in {"both": (False, True), "on": (True,), "off": (False,)}[args.flip_tta]:
         pipeline.flip_tta = tta
         res = run_pipeline(pipeline, df)
         tumor_t, mask_t, min_frac = calibrate(res)
@@ -301,6 +301,12 @@ def main(argv: list[str] | None = None) -> None:
         "--calibrate",
         action="store_true",
         help="choose thresholds on these rows and write them to the weights manifest (default: off)",
+    )
+    parser.add_argument(
+        "--flip-tta",
+        choices=["both", "on", "off"],
+        default="both",
+        help="with --calibrate: try flip averaging on and off, or fix it (default: %(default)s)",
     )
     args = parser.parse_args(argv)
 
