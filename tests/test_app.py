@@ -249,14 +249,15 @@ def test_multiframe_dicom_has_a_frame_selector(fake_pipeline):
     assert "Tumour detected" in texts(at)
 
 
-def test_model_card_marks_where_a_fine_tune_changes_the_input_size(monkeypatch, tmp_path):
+def test_model_card_marks_where_each_training_stage_starts(monkeypatch, tmp_path):
     (tmp_path / "training_log_segmenter.csv").write_text(
-        "epoch,stage,size,loss,val_loss\n0,1,128,0.9,0.95\n1,1,128,0.5,0.6\n2,2,256,0.4,0.5\n"
+        "epoch,stage,size,loss,val_loss\n0,1,128,0.9,0.95\n1,1,128,0.5,0.6\n2,2,256,0.4,0.5\n3,3,256,0.3,0.45\n"
     )
     monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
     at = run_app("views/model_card.py")
     assert not at.exception, at.exception
     (chart,) = at.get("plotly_chart")
     spec = chart.proto.spec
-    assert "256 px" in spec and "128 px" not in spec  # one marker, at the stage change
+    # One marker per stage change, the size-preserving one included; none at the start.
+    assert "stage 2, 256 px" in spec and "stage 3, 256 px" in spec and "128 px" not in spec
     assert '"name":"stage"' not in spec.replace(" ", "") and '"name":"loss"' in spec.replace(" ", "")

@@ -109,14 +109,14 @@ def training_figure(log: pd.DataFrame, title: str) -> go.Figure | None:
                 line={"dash": dash},
             )
         )
-    if "size" in log.columns:  # a later stage at a new input size (fine-tune) starts here
-        changes = log.index[log["size"].ne(log["size"].shift()) & log.index.to_series().gt(0)]
+    key = "stage" if "stage" in log.columns else "size" if "size" in log.columns else None
+    if key:  # a later training stage (a fine-tune, perhaps at a new input size) starts here
+        changes = log.index[log[key].ne(log[key].shift()) & log.index.to_series().gt(0)]
         for i in changes:
-            fig.add_vline(
-                x=int(log.loc[i, "epoch"]) + 0.5,
-                line_dash="dot",
-                annotation_text=f"{int(log.loc[i, 'size'])} px",
-            )
+            label = f"{int(log.loc[i, 'size'])} px" if "size" in log.columns else ""
+            if key == "stage":
+                label = f"stage {int(log.loc[i, 'stage'])}" + (f", {label}" if label else "")
+            fig.add_vline(x=int(log.loc[i, "epoch"]) + 0.5, line_dash="dot", annotation_text=label)
     fig.update_layout(
         title=title,
         height=320,
