@@ -147,7 +147,13 @@ def test_upload_slice_shows_verdict_and_outline(page, tmp_path):
     caption.wait_for(timeout=30_000)
     images = page.locator("[data-testid=stImage] img")
     assert images.count() >= 1
-    assert images.first.evaluate("img => img.complete && img.naturalWidth > 0")
+    # The <img> can be in the page a moment before its pixels arrive: wait for it to decode,
+    # and fail if it never does (a broken image never reaches naturalWidth > 0).
+    page.wait_for_function(
+        "() => { const i = document.querySelector('[data-testid=stImage] img');"
+        " return i !== null && i.complete && i.naturalWidth > 0; }",
+        timeout=30_000,
+    )
     assert page.get_by_text("P(tumour)").first.is_visible()
     page.screenshot(path=str(tmp_path / "analyze.png"), full_page=True)
     if path is not None:
