@@ -115,34 +115,41 @@ def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float, m
         "confusion": cm.tolist(),
     }
 
-    dices = {}
-    for i, row in res.iterrows():
-        if row["truth"].any():
-            dices[i] = metrics.dice(
-                _mask(row["prob_map"], row["truth"].shape, mask_threshold, min_fraction), row["truth"]
-            )
-    seg: dict = {"mask_threshold": mask_threshold, "min_component_fraction": min_fraction}
-    seg["tumor_slice_dice_mean"] = float(np.mean(list(dices.values()))) if dices else None
-    seg["dice_values"] = [round(float(v), 4) for v in dices.values()]
-    fig = [dices[i] for i in res.index[res["source"] == "figshare_cheng"] if i in dices]
-    seg["figshare_slice_dice_mean"] = float(np.mean(fig)) if fig else None
-    lgg = res[res["source"] == "lgg_kaggle_3m"]
-    patient_dice = {}
-    for patient, rows in lgg.groupby("patient_id"):
-        inter = pred_sum = truth_sum = 0
-        for _, row in rows.iterrows():
-            pred = _mask(row["prob_map"], row["truth"].shape, mask_threshold, min_fraction)
-            inter += int(np.logical_and(pred, row["truth"]).sum())
-            pred_sum += int(pred.sum())
-            truth_sum += int(row["truth"].sum())
-        if truth_sum + pred_sum:
-            patient_dice[patient] = 2 * inter / (pred_sum + truth_sum)
-        else:
-            patient_dice[patient] = 1.0
-    seg["lgg_patient_dice_mean"] = float(np.mean(list(patient_dice.values()))) if patient_dice else None
-    seg["lgg_patient_dice"] = {k: round(float(v), 4) for k, v in patient_dice.items()}
-    out["segmentation"] = seg
+    out["segmentation"] = _segmentation(res, mask_threshold, min_fraction)
     return out
+
+
+def _segmentation(res: pd.DataFrame, mask_threshold: float, min_fraction: float = 0.0) -> dict:
+    """Dice figures of the rows' masks; a row without a map (segmenter not run) has an empty mask.
+
+    Every tumour slice's Dice, their mean and the figshare mean, and the LGG Dice
+    per patient with pixels pooled over all of that patient's slices (1.0 for a
+    patient with no tumour and nothing drawn). Missing ``source`` or
+    ``patient_id`` columns count as neither source.
+    """
+    blank = pd.Series("", index=res.index)
+    sources, patients = res.get("source", blank), res.get("patient_id", blank)
+    dices, fig, pooled = {}, [], {}
+    rows = zip(res.index, res["prob_map"], res["truth"], sources, patients, strict=True)
+    for i, prob_map, truth, source, patient in rows:
+        pred = _mask(prob_map, truth.shape, mask_threshold, min_fraction)
+        if source == LGG:
+            acc = pooled.setdefault(patient, np.zeros(3, np.int64))
+            acc += (int(np.logical_and(pred, truth).sum()), int(pred.sum()), int(truth.sum()))
+        if truth.any():
+            dices[i] = metrics.dice(pred, truth)
+            if source == FIGSHARE:
+                fig.append(dices[i])
+    patient_dice = {p: 2 * i / (ps + ts) if ps + ts else 1.0 for p, (i, ps, ts) in sorted(pooled.items())}
+    return {
+        "mask_threshold": mask_threshold,
+        "min_component_fraction": min_fraction,
+        "tumor_slice_dice_mean": float(np.mean(list(dices.values()))) if dices else None,
+        "dice_values": [round(float(v), 4) for v in dices.values()],
+        "figshare_slice_dice_mean": float(np.mean(fig)) if fig else None,
+        "lgg_patient_dice_mean": float(np.mean(list(patient_dice.values()))) if patient_dice else None,
+        "lgg_patient_dice": {k: round(float(v), 4) for k, v in patient_dice.items()},
+    }
 
 
 def compute_metrics(
@@ -169,32 +176,19 @@ def apply_cascade(res: pd.DataFrame, tumor_threshold: float) -> pd.DataFrame:
 def segmentation_score(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float, min_fraction: float) -> float:
     """What mask calibration maximises: the scored segmentation figures, cascade applied.
 
-    The mean of the figshare per-slice Dice and the LGG per-patient Dice (pixels
-    pooled over all of a patient's slices), over whichever of the two sources
-    ``res`` holds; the mean Dice over tumour slices when it holds neither. A
-    slice with P(tumour) below ``tumor_threshold`` gets an empty mask, as in the app.
+    A slice with P(tumour) below ``tumor_threshold`` gets an empty mask, as in
+    the app; the figures are then combined by ``_objective``.
     """
-    n = len(res)
-    sources = res["source"] if "source" in res else [""] * n
-    patients = res["patient_id"] if "patient_id" in res else [""] * n
-    fig, every, pooled = [], [], {}
-    rows = zip(res["prob_map"], res["p_tumor"], res["truth"], sources, patients, strict=True)
-    for pm, p, truth, source, patient in rows:
-        pred = _mask(pm if p >= tumor_threshold else None, truth.shape, mask_threshold, min_fraction)
-        if source == LGG:
-            acc = pooled.setdefault(patient, np.zeros(3, np.int64))
-            acc += (int(np.logical_and(pred, truth).sum()), int(pred.sum()), int(truth.sum()))
-        if truth.any():
-            every.append(metrics.dice(pred, truth))
-            if source == FIGSHARE:
-                fig.append(every[-1])
-    parts = []
-    if fig:
-        parts.append(float(np.mean(fig)))
-    if pooled:
-        parts.append(float(np.mean([2 * i / (ps + ts) if ps + ts else 1.0 for i, ps, ts in pooled.values()])))
-    if not parts and every:
-        parts.append(float(np.mean(every)))
+    return _objective(_segmentation(apply_cascade(res, tumor_threshold), mask_threshold, min_fraction))
+
+
+def _objective(seg: dict) -> float:
+    """The mean of the figshare per-slice Dice and the LGG per-patient Dice, over
+    whichever of the two sources the rows hold; the mean Dice over tumour slices
+    when they hold neither (a new site's manifest)."""
+    parts = [v for v in (seg["figshare_slice_dice_mean"], seg["lgg_patient_dice_mean"]) if v is not None]
+    if not parts and seg["tumor_slice_dice_mean"] is not None:
+        parts = [seg["tumor_slice_dice_mean"]]
     return float(np.mean(parts)) if parts else 0.0
 
 
@@ -239,8 +233,8 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
         shipped = apply_cascade(res, tumor_t)  # the val figures `evaluate --split val` gives at these settings
         m = _summary(shipped, tumor_t, mask_t, min_frac)
         seg = m["segmentation"]
-        every = _summary(res, tumor_t, mask_t, min_frac)["segmentation"]
-        objective = segmentation_score(res, tumor_t, mask_t, min_frac)
+        every = _segmentation(res, mask_t, min_frac)
+        objective = _objective(seg)
         score = m["detection"]["auc"] + m["type"]["accuracy"] + objective
         candidates[tta] = (score, tumor_t, mask_t, min_frac)
         report.append(
