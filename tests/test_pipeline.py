@@ -307,3 +307,55 @@ def test_real_pipeline_on_gallery_slices(real_pipeline):
     assert np.mean(dices) >= 0.45, f"mean gallery Dice {np.mean(dices):.3f}"
     heat = real_pipeline.grad_cam(a)
     assert heat.shape == rgb.shape[:2] and np.isfinite(heat).all()
+
+
+def test_registry_reads_each_models_intensity_scaling_and_refuses_an_unknown_one(tmp_path):
+    d = _fake_weights_dir(tmp_path)
+    raw = json.loads((d / "manifest.json").read_text())
+    for entry in raw["models"].values():
+        del entry["intensity"]  # a 1.2-era manifest: unit scaling
+    (d / "manifest.json").write_text(json.dumps(raw))
+    assert {e.intensity for e in weights_lib.read_registry(d).models.values()} == {"unit"}
+    raw["models"]["segmenter"]["intensity"] = "foreground_mean"
+    (d / "manifest.json").write_text(json.dumps(raw))
+    reg = weights_lib.read_registry(d)
+    assert (reg.models["classifier"].intensity, reg.models["segmenter"].intensity) == ("unit", "foreground_mean")
+    raw["models"]["classifier"]["intensity"] = "zscore"
+    (d / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match="intensity scaling 'zscore'"):
+        weights_lib.read_registry(d)
+
+
+class RecordingModel:
+    """Wraps a stub model and keeps the last batch it was given."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, None
+
+    def __call__(self, x, training=False):
+        self.seen = np.asarray(x)
+        return self.inner(x, training=training)
+
+
+@pytest.mark.parametrize("mode", ["unit", "foreground_mean"])
+def test_pipeline_feeds_each_model_the_scaling_its_manifest_names(mode):
+    from tumor.models import preprocess_classifier, to_model_square
+
+    cls, seg = RecordingModel(StubClassifier((0.1, 0.8, 0.05, 0.05))), RecordingModel(StubSegmenter())
+    p = Pipeline(
+        cls,
+        seg,
+        classifier_size=32,
+        segmenter_size=32,
+        tumor_threshold=0.5,
+        classifier_intensity=mode,
+        segmenter_intensity=mode,
+    )
+    img = _slice()
+    img[20:30, 20:40] = (30, 90, 200)
+    p.analyze(img)
+    expected = np.asarray(preprocess_classifier(to_model_square(img, 32)[0][None], mode))
+    np.testing.assert_allclose(cls.seen, expected, rtol=1e-6)
+    np.testing.assert_allclose(seg.seen, expected, rtol=1e-6)
+    unit = np.asarray(preprocess_classifier(to_model_square(img, 32)[0][None]))
+    assert np.allclose(cls.seen, unit) == (mode == "unit")

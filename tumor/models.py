@@ -81,18 +81,56 @@ def from_model_square(values: np.ndarray, frame: SquareFrame) -> np.ndarray:
     return np.ascontiguousarray(full[frame.top : frame.top + frame.height, frame.left : frame.left + frame.width])
 
 
-def preprocess_classifier(x):
-    """Scales uint8 RGB (N, S, S, 3) to float32 in [0, 1] for the classifier.
+# Intensity scaling of the model input. "unit" is x / 255 (models up to 1.2);
+# "foreground_mean" then rescales each channel so that its mean over the
+# slice's foreground is FOREGROUND_TARGET: MRI intensities have no absolute
+# scale, and the LGG patients whose slices were darker than most were the
+# ones the 1.2 models missed (see MODEL_CARD.md).
+INTENSITY_MODES: tuple[str, ...] = ("unit", "foreground_mean")
+FOREGROUND_LEVEL = 10 / 255  # a pixel is foreground when its brightest channel exceeds this
+FOREGROUND_MIN_FRACTION = 0.01  # below this foreground share, a slice is left at unit scale
+FOREGROUND_TARGET = 0.25
+FOREGROUND_MIN_MEAN = 0.02  # caps the gain at FOREGROUND_TARGET / FOREGROUND_MIN_MEAN
+STANDARDIZED_MAX = 5.0
 
-    Works on NumPy arrays and backend tensors alike, so the training graph and
-    single-slice inference use the very same operation.
+
+def standardize_intensity(x):
+    """Rescales each channel of (N, S, S, 3) floats in [0, 1] by its foreground mean.
+
+    The foreground is shared by the channels: pixels whose brightest channel
+    exceeds ``FOREGROUND_LEVEL``. A slice with less than
+    ``FOREGROUND_MIN_FRACTION`` foreground is returned unchanged, so nearly
+    black input is not amplified into noise.
     """
-    return keras.ops.cast(x, "float32") / 255.0
+    fg = keras.ops.cast(keras.ops.max(x, axis=-1, keepdims=True) > FOREGROUND_LEVEL, x.dtype)
+    n = keras.ops.sum(fg, axis=(1, 2), keepdims=True)
+    mean = keras.ops.sum(x * fg, axis=(1, 2), keepdims=True) / keras.ops.maximum(n, 1.0)
+    area = keras.ops.cast(keras.ops.shape(x)[1] * keras.ops.shape(x)[2], x.dtype)
+    gain = FOREGROUND_TARGET / keras.ops.maximum(mean, FOREGROUND_MIN_MEAN)
+    gain = keras.ops.where(n >= FOREGROUND_MIN_FRACTION * area, gain, keras.ops.ones_like(gain))
+    return keras.ops.clip(x * gain, 0.0, STANDARDIZED_MAX)
 
 
-def preprocess_segmenter(x):
-    """Scales uint8 RGB (N, S, S, 3) to float32 in [0, 1] for the segmenter."""
-    return keras.ops.cast(x, "float32") / 255.0
+def _preprocess(x, intensity: str):
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"intensity must be one of {INTENSITY_MODES}. Received: {intensity!r}")
+    x = keras.ops.cast(x, "float32") / 255.0
+    return standardize_intensity(x) if intensity == "foreground_mean" else x
+
+
+def preprocess_classifier(x, intensity: str = "unit"):
+    """Scales uint8 RGB (N, S, S, 3) to float32 for the classifier.
+
+    ``intensity`` is one of ``INTENSITY_MODES`` (the weights' manifest says
+    which). Works on NumPy arrays and backend tensors alike, so the training
+    graph and single-slice inference use the very same operation.
+    """
+    return _preprocess(x, intensity)
+
+
+def preprocess_segmenter(x, intensity: str = "unit"):
+    """Scales uint8 RGB (N, S, S, 3) to float32 for the segmenter, as ``preprocess_classifier``."""
+    return _preprocess(x, intensity)
 
 
 def build_classifier(

@@ -201,6 +201,9 @@ class Pipeline:
             the slice are dropped.
         flip_tta: average each model over the slice and its left-right mirror
             (one batched call of two), when validation showed it helps.
+        classifier_intensity: the classifier's input scaling, one of
+            ``tumor.models.INTENSITY_MODES``.
+        segmenter_intensity: the segmenter's input scaling.
     """
 
     def __init__(
@@ -217,8 +220,12 @@ class Pipeline:
         metrics: dict | None = None,
         flip_tta: bool = False,
         min_component_fraction: float = 0.0,
+        classifier_intensity: str = "unit",
+        segmenter_intensity: str = "unit",
     ):
         self.classifier = classifier
+        self.classifier_intensity = classifier_intensity
+        self.segmenter_intensity = segmenter_intensity
         self.flip_tta = flip_tta
         self.segmenter = segmenter
         self.classifier_size = classifier_size
@@ -255,13 +262,17 @@ class Pipeline:
             metrics=weights_lib.read_metrics(weights_dir),
             flip_tta=registry.flip_tta,
             min_component_fraction=registry.min_component_fraction,
+            classifier_intensity=registry.models["classifier"].intensity,
+            segmenter_intensity=registry.models["segmenter"].intensity,
         )
 
     def classify(self, rgb: np.ndarray) -> np.ndarray:
         """Class probabilities (4,) for one RGB uint8 slice."""
         square, _ = to_model_square(rgb, self.classifier_size)
         batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
-        probs = np.asarray(self.classifier(preprocess_classifier(batch), training=False), dtype=np.float64).mean(axis=0)
+        probs = np.asarray(
+            self.classifier(preprocess_classifier(batch, self.classifier_intensity), training=False), dtype=np.float64
+        ).mean(axis=0)
         if probs.shape != (len(CLASS_NAMES),) or not np.all(np.isfinite(probs)):
             raise RuntimeError(f"The classifier returned an invalid output. Received: {probs!r}")
         return probs
@@ -270,7 +281,9 @@ class Pipeline:
         """Tumour probability map (H, W) float32 for one RGB uint8 slice."""
         square, frame = to_model_square(rgb, self.segmenter_size)
         batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
-        pred = np.asarray(self.segmenter(preprocess_segmenter(batch), training=False), dtype=np.float32)[..., 0]
+        pred = np.asarray(
+            self.segmenter(preprocess_segmenter(batch, self.segmenter_intensity), training=False), dtype=np.float32
+        )[..., 0]
         if self.flip_tta:
             pred = (pred[0] + pred[1, :, ::-1]) / 2
         else:
@@ -341,7 +354,7 @@ class Pipeline:
         from tumor.explain import grad_cam
 
         square, frame = to_model_square(np.asarray(analysis.image), self.classifier_size)
-        x = np.asarray(preprocess_classifier(square[None]), dtype=np.float32)
+        x = np.asarray(preprocess_classifier(square[None], self.classifier_intensity), dtype=np.float32)
         heat = grad_cam(self.classifier, x, CLASS_NAMES.index(analysis.predicted_class))
         return np.clip(from_model_square(heat, frame), 0.0, 1.0)
 

@@ -29,6 +29,7 @@ AUG_SHIFT = 0.06
 AUG_CONTRAST = 0.3
 AUG_BRIGHTNESS = 0.15
 SEG_NEGATIVE_FRACTION = 0.3  # tumour-free slices per positive slice in segmenter training
+AUG_MODALITY_DROP = 0.15  # chance, per outer channel, that it is replaced by the middle (FLAIR) one
 
 
 def geometric_augmenter(seed: int) -> keras.Sequential:
@@ -55,14 +56,37 @@ def intensity_augmenter(seed: int) -> keras.Sequential:
     )
 
 
+def drop_modalities(x, p: float, seed_generator):
+    """Replaces each outer channel of (N, S, S, 3) by the middle one with probability ``p``.
+
+    LGG slices are pre-contrast, FLAIR and post-contrast composites in which a
+    missing sequence was filled with FLAIR (Buda 2019); some test patients are
+    all FLAIR. For a grayscale slice this is a no-op.
+    """
+    if p <= 0:
+        return x
+    u = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 2), seed=seed_generator)
+    mid = x[..., 1:2]
+    first = keras.ops.where(u[..., 0:1] < p, mid, x[..., 0:1])
+    last = keras.ops.where(u[..., 1:2] < p, mid, x[..., 2:3])
+    return keras.ops.concatenate([first, mid, last], axis=-1)
+
+
 class _AugmentedTrainer(keras.Model):
     """Holds an inner network and its in-graph augmenters; only ``net`` is saved."""
 
-    def __init__(self, net: keras.Model, seed: int = 0, **kwargs):
+    def __init__(self, net: keras.Model, seed: int = 0, intensity: str = "unit", modality_drop: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.net = net
         self.geometric = geometric_augmenter(seed)
         self.intensity = intensity_augmenter(seed)
+        self.intensity_mode = intensity
+        self.modality_drop = modality_drop
+        self.modality_seed = keras.random.SeedGenerator(seed + 6)
+
+    def _augment_intensity(self, image):
+        image = drop_modalities(image, self.modality_drop, self.modality_seed)
+        return keras.ops.clip(self.intensity(image, training=True), 0.0, 255.0)
 
 
 class ClassifierTrainer(_AugmentedTrainer):
@@ -71,9 +95,8 @@ class ClassifierTrainer(_AugmentedTrainer):
     def call(self, x, training=False):
         x = keras.ops.cast(x, "float32")
         if training:
-            x = self.intensity(self.geometric(x, training=True), training=True)
-            x = keras.ops.clip(x, 0.0, 255.0)
-        return self.net(models.preprocess_classifier(x), training=training)
+            x = self._augment_intensity(self.geometric(x, training=True))
+        return self.net(models.preprocess_classifier(x, self.intensity_mode), training=training)
 
 
 class SegmenterTrainer(_AugmentedTrainer):
@@ -89,9 +112,10 @@ class SegmenterTrainer(_AugmentedTrainer):
             x = self.geometric(x, training=True)
         image, mask = x[..., :3], x[..., 3:]
         if training:
-            image = keras.ops.clip(self.intensity(image, training=True), 0.0, 255.0)
+            image = self._augment_intensity(image)
         mask = keras.ops.cast(mask > 0.5, "float32")
-        pred = keras.ops.cast(self.net(models.preprocess_segmenter(image), training=training), "float32")
+        pred = self.net(models.preprocess_segmenter(image, self.intensity_mode), training=training)
+        pred = keras.ops.cast(pred, "float32")
         return keras.ops.concatenate([pred, mask], axis=-1)
 
 
@@ -230,7 +254,7 @@ def train(args: argparse.Namespace) -> dict:
         net = models.build_classifier(args.size, weights=None if args.init == "random" else args.init)
         if args.resume:
             net.load_weights(args.resume)
-        model = ClassifierTrainer(net, seed=args.seed)
+        model = ClassifierTrainer(net, seed=args.seed, intensity=args.intensity, modality_drop=args.modality_drop)
         x_tr, x_va = tr["images"], va["images"]
         y_tr = keras.utils.to_categorical(tr["labels"], len(models.CLASS_NAMES))
         y_va = keras.utils.to_categorical(va["labels"], len(models.CLASS_NAMES))
@@ -245,7 +269,7 @@ def train(args: argparse.Namespace) -> dict:
         net = models.build_segmenter(args.size)
         if args.resume:
             net.load_weights(args.resume)
-        model = SegmenterTrainer(net, seed=args.seed)
+        model = SegmenterTrainer(net, seed=args.seed, intensity=args.intensity, modality_drop=args.modality_drop)
         idx_tr = segmenter_subset(tr, args.seed, SEG_NEGATIVE_FRACTION)
         idx_va = segmenter_subset(va, args.seed, SEG_NEGATIVE_FRACTION)
         x_tr = np.concatenate([tr["images"][idx_tr], tr["masks"][idx_tr, ..., None]], axis=-1)
@@ -329,6 +353,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=int, default=2, help="linear warm-up epochs (default: %(default)s)")
     p.add_argument(
         "--init", choices=["random", "imagenet"], default="random", help="backbone init (default: %(default)s)"
+    )
+    p.add_argument(
+        "--intensity",
+        choices=models.INTENSITY_MODES,
+        default="foreground_mean",
+        help="input intensity scaling, recorded in the weights' manifest (default: %(default)s)",
+    )
+    p.add_argument(
+        "--modality-drop",
+        type=float,
+        default=AUG_MODALITY_DROP,
+        help="chance that an outer channel is replaced by the middle one (default: %(default)s)",
     )
     p.add_argument("--resume", default="", help="inner-network weights to start from (default: none)")
     p.add_argument("--precision", default="mixed_bfloat16", help="Keras dtype policy (default: %(default)s)")

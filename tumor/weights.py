@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tumor.errors import WeightsError
-from tumor.models import CLASS_NAMES
+from tumor.models import CLASS_NAMES, INTENSITY_MODES
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST_NAME = "manifest.json"
@@ -31,6 +31,9 @@ class ModelEntry:
         sha256: expected hex digest of the file.
         input_size: side of the square input the model was trained at.
         build_kwargs: keyword arguments for the model's builder.
+        intensity: input intensity scaling the model was trained with, one of
+            ``tumor.models.INTENSITY_MODES`` ("unit" when the manifest is silent,
+            as it is for models up to 1.2).
     """
 
     kind: str
@@ -38,6 +41,7 @@ class ModelEntry:
     sha256: str
     input_size: int
     build_kwargs: dict
+    intensity: str = "unit"
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
                 sha256=str(entry["sha256"]).lower(),
                 input_size=int(entry["input_size"]),
                 build_kwargs=dict(entry.get("build_kwargs", {})),
+                intensity=str(entry.get("intensity", "unit")),
             )
         registry = Registry(
             version=str(raw["version"]),
@@ -116,6 +121,12 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
             f"{manifest} has min_component_fraction={registry.min_component_fraction}, outside [0, 1); "
             "restore it from the repository."
         )
+    for entry in registry.models.values():
+        if entry.intensity not in INTENSITY_MODES:
+            raise WeightsError(
+                f"{manifest} gives the {entry.kind} intensity scaling {entry.intensity!r}, but this code knows "
+                f"{INTENSITY_MODES}. The weights and the code are from different versions."
+            )
     if registry.class_names != CLASS_NAMES:
         raise WeightsError(
             f"{manifest} lists classes {registry.class_names}, but this code expects {CLASS_NAMES}. "
@@ -180,8 +191,12 @@ def write_manifest(
     tumor_threshold: float,
     mask_threshold: float,
     extra: dict | None = None,
+    intensity: dict[str, str] | None = None,
 ) -> dict:
-    """Writes ``manifest.json`` with the current files' hashes; returns it."""
+    """Writes ``manifest.json`` with the current files' hashes; returns it.
+
+    ``intensity`` maps a kind to its input scaling; a kind left out is "unit".
+    """
     weights_dir = Path(weights_dir)
     manifest = {
         "version": version,
@@ -193,6 +208,7 @@ def write_manifest(
                 "sha256": sha256_file(weights_dir / f"{kind}.weights.h5"),
                 "input_size": input_sizes[kind],
                 "build_kwargs": build_kwargs.get(kind, {}),
+                "intensity": (intensity or {}).get(kind, "unit"),
             }
             for kind in MODEL_KINDS
         },
