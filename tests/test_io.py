@@ -163,6 +163,11 @@ FAILURES = {
     "random_bytes": (lambda: bytes(range(256)) * 4, "not an image"),
     "pdf": (_pdf_bytes, "PDF"),
     "all_black": (lambda: _pil_bytes(Image.new("RGB", (32, 32)), "PNG"), "blank"),
+    # Brightest pixel 2 of 255, as the navoneel_no slices of the training data are.
+    "near_black": (
+        lambda: _pil_bytes(Image.fromarray((_gradient() // 100).astype(np.uint8)), "PNG"),
+        "almost entirely black: its brightest pixel is 2 of 255",
+    ),
     "all_gray16": (
         lambda: _pil_bytes(Image.fromarray(np.full((32, 32), 700, np.uint16)), "TIFF"),
         "blank",
@@ -537,3 +542,8 @@ def test_scan_is_frozen():
     assert isinstance(scan, Scan)
     with pytest.raises(AttributeError):
         scan.kind = "dicom"  # type: ignore[misc]
+
+
+def test_a_dark_but_visible_slice_is_accepted():
+    dark = (_gradient().astype(np.float32) * 8 / 255).astype(np.uint8)  # brightest pixel 8
+    assert read_image(_pil_bytes(Image.fromarray(dark), "PNG")).max() == 8

@@ -238,3 +238,37 @@ def test_modality_drop_copies_the_middle_channel_into_the_outer_ones():
     replaced = (many[:, 0, 0, [0, 2]] == 20.0).mean()
     assert 0.35 < replaced < 0.65
     assert (many[:, ..., 1] == 20.0).all()
+
+
+def test_evaluate_leaves_out_and_counts_the_slices_the_app_refuses(tmp_path):
+    from PIL import Image
+
+    from tumor import evaluate
+    from tumor.pipeline import Pipeline
+
+    manifest = _gallery_manifest(tmp_path)
+    rows = pd.read_csv(manifest, dtype=str, keep_default_na=False).head(3)
+    dark = np.zeros((64, 64, 3), np.uint8)
+    dark[16:48, 16:48] = 2  # as the navoneel_no slices: brightest pixel 2 of 255
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    extra = {"image_path": str(tmp_path / "dark.png"), "mask_path": "", "label": "no_tumor", "source": "navoneel_no"}
+    rows = pd.concat([rows, pd.DataFrame([{**dict.fromkeys(rows.columns, ""), **extra, "group_id": "d"}])])
+    rows.to_csv(manifest, index=False)
+
+    def classifier(x, training=False):
+        return np.tile(np.array([[0.9, 0.05, 0.03, 0.02]], np.float32), (len(x), 1))
+
+    def segmenter(x, training=False):
+        return np.zeros((*x.shape[:3], 1), np.float32)
+
+    pipeline = Pipeline(classifier, segmenter, classifier_size=32, segmenter_size=32, tumor_threshold=0.5)
+    res = evaluate.run_pipeline(pipeline, data.read_manifest(manifest))
+    assert len(res) == 3 and "dark.png" not in " ".join(res["image_file"])
+    summary = evaluate.refused_summary(res)
+    assert summary == {
+        "n": 1,
+        "by_source": {"navoneel_no": 1},
+        "by_label": {"no_tumor": 1},
+        "reasons": ["The image is almost entirely black"],
+    }
+    assert evaluate.compute_metrics(res, 0.5, 0.5)["n_slices"] == 3

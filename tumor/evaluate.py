@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 from tumor import data, metrics
+from tumor.errors import InputError
 from tumor.io import read_image
 from tumor.models import CLASS_NAMES, TUMOR_TYPES
 from tumor.pipeline import Pipeline, threshold_mask
@@ -46,19 +47,27 @@ def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.DataFrame:
-    """Analyses every row; returns per-row predictions and probability maps.
+    """Analyses every row the app would accept; returns per-row predictions and probability maps.
 
     Returns:
-        A copy of ``df`` with ``probs`` (4,), ``p_tumor``, ``pred`` (cascade
-        class), ``type_pred`` (argmax over the three tumour types), ``truth``
-        (bool mask) and ``prob_map`` (None when negative) columns.
+        A copy of the accepted rows of ``df`` with ``probs`` (4,), ``p_tumor``,
+        ``pred`` (cascade class), ``type_pred`` (argmax over the three tumour
+        types), ``truth`` (bool mask) and ``prob_map`` (None when negative)
+        columns. Rows whose image the app refuses (``InputError``, e.g. an
+        almost black image) are left out and listed, with the app's message,
+        in ``attrs["refused"]``.
     """
-    rows = []
+    rows, accepted, refused = [], [], []
     t0 = time.monotonic()
-    for i, (image_file, mask_file) in enumerate(zip(df["image_file"], df["mask_file"], strict=True)):
-        rgb = read_image(image_file)
+    for i, (idx, image_file, mask_file) in enumerate(zip(df.index, df["image_file"], df["mask_file"], strict=True)):
+        try:
+            rgb = read_image(image_file)
+        except InputError as err:
+            refused.append({"row": idx, "reason": str(err)})
+            continue
         a = pipeline.analyze(rgb)
         probs = np.array([a.probabilities[c] for c in CLASS_NAMES])
+        accepted.append(idx)
         rows.append(
             {
                 "probs": probs,
@@ -71,10 +80,30 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.Da
         )
         if progress_every and (i + 1) % progress_every == 0:
             print(f"  {i + 1}/{len(df)} slices, {time.monotonic() - t0:.0f}s", flush=True)
-    out = df.reset_index(drop=True).copy()
+    out = df.loc[accepted].reset_index(drop=True).copy()
     for key in rows[0] if rows else []:
         out[key] = [r[key] for r in rows]
+    out.attrs["refused"] = [
+        {
+            "image": str(df.at[r["row"], "image_file"]),
+            "source": str(df.at[r["row"], "source"]) if "source" in df else "",
+            "label": str(df.at[r["row"], "label"]),
+            "reason": r["reason"],
+        }
+        for r in refused
+    ]
     return out
+
+
+def refused_summary(res: pd.DataFrame) -> dict:
+    """Counts of the rows the app refused, by source and label, with one example message each."""
+    refused = pd.DataFrame(res.attrs.get("refused", []), columns=["image", "source", "label", "reason"])
+    return {
+        "n": len(refused),
+        "by_source": {k: int(v) for k, v in refused["source"].value_counts().sort_index().items()},
+        "by_label": {k: int(v) for k, v in refused["label"].value_counts().sort_index().items()},
+        "reasons": sorted({r.split(":")[0] for r in refused["reason"]}),
+    }
 
 
 def _mask(
@@ -317,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     res = run_pipeline(pipeline, df)
     result = compute_metrics(res, pipeline.tumor_threshold, pipeline.mask_threshold, pipeline.min_component_fraction)
+    result["refused"] = refused_summary(res)
     result["model_version"] = pipeline.version
     result["weights_sha256"] = pipeline.weights_sha256
     result["manifest"] = Path(args.manifest).name
@@ -325,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     headline = {
         "n_slices": result["n_slices"],
+        "n_refused": result["refused"]["n"],
         "detection.auc": result["detection"]["auc"],
         "sensitivity": result["detection"]["sensitivity"],
         "specificity": result["detection"]["specificity"],

@@ -341,10 +341,17 @@ def _decode_image(data: bytes) -> np.ndarray:
         raise InputError(
             f"The image is blank: every pixel has the value {int(rgb.flat[0])}. Upload a slice that shows the brain."
         )
+    if rgb.max() < NEAR_BLACK_MAX:
+        raise InputError(
+            f"The image is almost entirely black: its brightest pixel is {int(rgb.max())} of 255, too dark to show "
+            "any anatomy. If it is an 8-bit export of a 12- or 16-bit scan, upload the original file "
+            "(DICOM, 16-bit PNG or TIFF, or NIfTI) instead."
+        )
     return rgb
 
 
 MIN_SIDE = 16  # smaller than this is a thumbnail or an icon, not a slice
+NEAR_BLACK_MAX = 8  # an 8-bit image whose brightest value is below this shows no anatomy
 
 
 def _check_dimensions(size: tuple[int, int]) -> None:
