@@ -272,3 +272,20 @@ def test_evaluate_leaves_out_and_counts_the_slices_the_app_refuses(tmp_path):
         "reasons": ["The image is almost entirely black"],
     }
     assert evaluate.compute_metrics(res, 0.5, 0.5)["n_slices"] == 3
+
+
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
+def test_card_states_how_many_slices_the_app_refused():
+    from tumor import card
+
+    metrics = json.loads((ROOT / "weights" / "metrics.json").read_text())
+    metrics["refused"] = {
+        "n": 3,
+        "by_source": {"lgg_kaggle_3m": 1, "navoneel_no": 2},
+        "by_label": {"no_tumor": 3},
+        "reasons": ["The image is almost entirely black"],
+    }
+    text = card.render(metrics)
+    assert "refuses 3 of the test slices (1 lgg_kaggle_3m, 2 navoneel_no; labels: 3 no_tumor)" in text
+    metrics["refused"]["n"] = 0
+    assert "refuses" not in card.render(metrics)

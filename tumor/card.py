@@ -36,6 +36,18 @@ def _component_words(fraction: float) -> str:
     return f", mask parts under {fraction:.2%} of the slice dropped"
 
 
+def _refused_words(refused: dict | None) -> list[str]:
+    if not refused or not refused.get("n"):
+        return []
+    where = ", ".join(f"{n} {source}" for source, n in refused["by_source"].items())
+    labels = ", ".join(f"{n} {label}" for label, n in refused["by_label"].items())
+    return [
+        "",
+        f"The app refuses {refused['n']} of the test slices ({where}; labels: {labels}) with the message "
+        f'"{"; ".join(refused["reasons"])}"; they are left out of every figure above.',
+    ]
+
+
 def render(metrics: dict) -> str:
     """Markdown tables: headline figures against the bars, then per source."""
     lines = [
@@ -68,7 +80,7 @@ def render(metrics: dict) -> str:
             f"{_fmt(d['sensitivity'])} | {_fmt(d['specificity'])} | {_fmt(t['accuracy'])} | "
             f"{_fmt(s['tumor_slice_dice_mean'])} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _refused_words(metrics.get("refused")))
 
 
 def replace_block(path: Path, block: str) -> bool:
