@@ -261,3 +261,21 @@ def test_model_card_marks_where_each_training_stage_starts(monkeypatch, tmp_path
     # One marker per stage change, the size-preserving one included; none at the start.
     assert "stage 2, 256 px" in spec and "stage 3, 256 px" in spec and "128 px" not in spec
     assert '"name":"stage"' not in spec.replace(" ", "") and '"name":"loss"' in spec.replace(" ", "")
+
+
+def test_model_card_says_how_many_test_slices_the_app_refused(monkeypatch, tmp_path):
+    import json
+
+    refused = {
+        "n": 7,
+        "by_source": {"navoneel_no": 7},
+        "by_label": {"no_tumor": 7},
+        "reasons": ["The image is almost entirely black"],
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps({**METRICS, "n_slices": 100, "refused": refused}))
+    monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
+    at = run_app("views/model_card.py")
+    assert not at.exception, at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "Test split: 100 slices. A further 7 slices are left out" in captions
+    assert "almost entirely black" in captions

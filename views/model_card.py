@@ -27,7 +27,9 @@ decision about a patient.
   (T1 contrast-enhanced). The model can partly learn the sequence instead of
   the tumour, so a glioma on T1-CE or a meningioma on FLAIR is out of domain.
 - *Healthy images* come from public Kaggle collections whose provenance and
-  labels are not verified.
+  labels are not verified. In this project's copy, every `navoneel_no` slice
+  is almost black (brightest pixel 1 or 2 of 255); the app refuses such images,
+  so they count in no test figure.
 - *Benign / malignant* is only a reading of the predicted tumour type (glioma:
   malignant; meningioma: usually benign, mostly WHO grade 1; pituitary adenoma:
   benign). It is not a grade and not a histological diagnosis.
@@ -142,7 +144,16 @@ if metrics is None:
 
 st.subheader("Held-out test results")
 n = ui.get_path(metrics, "n_slices")
-st.caption(f"Test split: {n if n is not None else 'size not available'} slices.")
+refused = ui.get_path(metrics, "refused", "n")
+st.caption(
+    f"Test split: {n if n is not None else 'size not available'} slices."
+    + (
+        f" A further {refused} slices are left out because the app refuses them "
+        f"({'; '.join(ui.get_path(metrics, 'refused', 'reasons') or [])})."
+        if isinstance(refused, int) and refused > 0
+        else ""
+    )
+)
 cols = st.columns(5)
 for col, (name, value) in zip(cols, ui.headline_metrics(metrics), strict=False):
     col.metric(name, value)
