@@ -289,3 +289,22 @@ def test_card_states_how_many_slices_the_app_refused():
     assert "refuses 3 of the test slices (1 lgg_kaggle_3m, 2 navoneel_no; labels: 3 no_tumor)" in text
     metrics["refused"]["n"] = 0
     assert "refuses" not in card.render(metrics)
+
+
+def test_calibrated_tumour_threshold_keeps_the_sensitivity_floor_after_rounding():
+    from tumor import evaluate
+
+    # 19 of 20 tumour slices must stay positive; the 19th-highest sits at 0.37937,
+    # which rounding to 4 decimals would lift to 0.3794, past the slice.
+    p_tumour = np.r_[np.linspace(0.9, 0.5, 18), 0.37937, 0.1]
+    res = pd.DataFrame(
+        {
+            "label": ["glioma"] * 20 + ["no_tumor"] * 20,
+            "p_tumor": np.r_[p_tumour, np.linspace(0.0, 0.3, 20)],
+            "truth": [np.zeros((4, 4), bool)] * 40,
+            "prob_map": [np.zeros((4, 4), np.float32)] * 40,
+        }
+    )
+    tumor_t, _, _ = evaluate.calibrate(res, min_sensitivity=0.95)
+    assert tumor_t == 0.3793
+    assert (p_tumour >= tumor_t).mean() >= 0.95

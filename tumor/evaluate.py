@@ -241,12 +241,14 @@ def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, 
     fpr, tpr, thr = roc_curve(y, p)
     ok = tpr >= min_sensitivity
     j = np.where(ok, tpr - fpr, -np.inf)
-    tumor_t = float(np.clip(thr[int(np.argmax(j))], 0.05, 0.95))
+    # Rounded down to 4 decimals: rounding up could pass the tumour slice that
+    # sits on the threshold and break the sensitivity floor.
+    tumor_t = float(np.clip(np.floor(thr[int(np.argmax(j))] * 1e4) / 1e4, 0.05, 0.95))
     if not any(t.any() for t in res["truth"]):
-        return round(tumor_t, 4), 0.5, 0.0
+        return tumor_t, 0.5, 0.0
     mask_t = max((float(t) for t in MASK_THRESHOLDS), key=lambda t: segmentation_score(res, tumor_t, t, 0.0))
     min_frac = max(MIN_COMPONENT_FRACTIONS, key=lambda f: segmentation_score(res, tumor_t, mask_t, f))
-    return round(tumor_t, 4), mask_t, float(min_frac)
+    return tumor_t, mask_t, float(min_frac)
 
 
 def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None:
