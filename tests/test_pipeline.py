@@ -359,3 +359,38 @@ def test_pipeline_feeds_each_model_the_scaling_its_manifest_names(mode):
     np.testing.assert_allclose(seg.seen, expected, rtol=1e-6)
     unit = np.asarray(preprocess_classifier(to_model_square(img, 32)[0][None]))
     assert np.allclose(cls.seen, unit) == (mode == "unit")
+
+
+def _gallery_case(case: str) -> tuple[np.ndarray, np.ndarray]:
+    from tumor.io import read_image
+
+    truth = np.array(Image.open(GALLERY / f"{case}_mask.png").convert("L")) > 0
+    return read_image(GALLERY / f"{case}.jpg"), truth
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+@pytest.mark.slow
+@needs_weights
+@pytest.mark.parametrize("gains", [(1.0, 0.3, 1.0), (0.4, 0.4, 0.4)], ids=["dim_flair", "dim_slice"])
+def test_real_pipeline_reads_a_darker_copy_of_a_slice_as_it_reads_the_slice(real_pipeline, gains):
+    # The 1.2 models lost tumours on LGG patients whose slices (or FLAIR channel) were darker than most.
+    rgb, truth = _gallery_case("lgg_glioma_1")
+    dark = np.clip(rgb * np.array(gains), 0, 255).astype(np.uint8)
+    a, b = real_pipeline.analyze(rgb), real_pipeline.analyze(dark)
+    assert a.tumor_detected and b.tumor_detected and b.tumor_type == a.tumor_type == "glioma"
+    dice_a = _dice(a.mask(a.default_mask_threshold), truth)
+    dice_b = _dice(b.mask(b.default_mask_threshold), truth)
+    assert dice_a > 0.8 and abs(dice_b - dice_a) < 0.03
+
+
+@pytest.mark.slow
+@needs_weights
+def test_real_pipeline_outlines_the_dim_flair_gallery_case(real_pipeline):
+    # lgg_glioma_3 is TCGA_HT_A61A (test split), whose FLAIR channel is dim: 1.2.0 called it tumour-free.
+    rgb, truth = _gallery_case("lgg_glioma_3")
+    a = real_pipeline.analyze(rgb)
+    assert a.tumor_type == "glioma"
+    assert _dice(a.mask(a.default_mask_threshold), truth) > 0.7
