@@ -54,16 +54,18 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.Da
         ``pred`` (cascade class), ``type_pred`` (argmax over the three tumour
         types), ``truth`` (bool mask) and ``prob_map`` (None when negative)
         columns. Rows whose image the app refuses (``InputError``, e.g. an
-        almost black image) are left out and listed, with the app's message,
-        in ``attrs["refused"]``.
+        almost black image) are left out; their source, label and the app's
+        message are listed in ``attrs["refused"]``.
     """
     rows, accepted, refused = [], [], []
     t0 = time.monotonic()
-    for i, (idx, image_file, mask_file) in enumerate(zip(df.index, df["image_file"], df["mask_file"], strict=True)):
+    sources = df["source"] if "source" in df else pd.Series("", index=df.index)
+    rows_in = zip(df.index, df["image_file"], df["mask_file"], sources, df["label"], strict=True)
+    for i, (idx, image_file, mask_file, source, label) in enumerate(rows_in):
         try:
             rgb = read_image(image_file)
         except InputError as err:
-            refused.append({"row": idx, "reason": str(err)})
+            refused.append({"source": str(source), "label": str(label), "reason": str(err)})
             continue
         a = pipeline.analyze(rgb)
         probs = np.array([a.probabilities[c] for c in CLASS_NAMES])
@@ -83,21 +85,13 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.Da
     out = df.loc[accepted].reset_index(drop=True).copy()
     for key in rows[0] if rows else []:
         out[key] = [r[key] for r in rows]
-    out.attrs["refused"] = [
-        {
-            "image": str(df.at[r["row"], "image_file"]),
-            "source": str(df.at[r["row"], "source"]) if "source" in df else "",
-            "label": str(df.at[r["row"], "label"]),
-            "reason": r["reason"],
-        }
-        for r in refused
-    ]
+    out.attrs["refused"] = refused
     return out
 
 
 def refused_summary(res: pd.DataFrame) -> dict:
-    """Counts of the rows the app refused, by source and label, with one example message each."""
-    refused = pd.DataFrame(res.attrs.get("refused", []), columns=["image", "source", "label", "reason"])
+    """Counts of the rows the app refused, by source and label, and the distinct messages (first clause)."""
+    refused = pd.DataFrame(res.attrs.get("refused", []), columns=["source", "label", "reason"])
     return {
         "n": len(refused),
         "by_source": {k: int(v) for k, v in refused["source"].value_counts().sort_index().items()},
