@@ -394,3 +394,89 @@ def test_real_pipeline_outlines_the_dim_flair_gallery_case(real_pipeline):
     a = real_pipeline.analyze(rgb)
     assert a.tumor_type == "glioma"
     assert _dice(a.mask(a.default_mask_threshold), truth) > 0.7
+
+
+def _ensemble_weights_dir(tmp_path: Path) -> Path:
+    d = _fake_weights_dir(tmp_path)
+    for name in ("classifier_2", "segmenter_2"):
+        (d / f"{name}.weights.h5").write_bytes(f"not really {name} weights".encode())
+    weights_lib.write_manifest(
+        d,
+        version="t",
+        input_sizes={"classifier": 32, "segmenter": 32},
+        build_kwargs={},
+        tumor_threshold=0.5,
+        mask_threshold=0.5,
+        members={
+            "classifier_2": {"kind": "classifier", "input_size": 48, "intensity": "foreground_mean"},
+            "segmenter_2": {"kind": "segmenter", "input_size": 64},
+        },
+    )
+    return d
+
+
+def test_registry_lists_ensemble_members_first_model_first_and_verifies_each(tmp_path):
+    d = _ensemble_weights_dir(tmp_path)
+    reg = weights_lib.read_registry(d)
+    assert [e.name for e in reg.members("classifier")] == ["classifier", "classifier_2"]
+    assert [e.name for e in reg.members("segmenter")] == ["segmenter", "segmenter_2"]
+    second = reg.models["classifier_2"]
+    assert (second.kind, second.input_size, second.intensity) == ("classifier", 48, "foreground_mean")
+    for entry in reg.models.values():
+        weights_lib.verify(entry)
+    with open(d / "classifier_2.weights.h5", "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(WeightsError, match=r"classifier_2\.weights\.h5 does not match its pinned hash"):
+        weights_lib.verify(weights_lib.read_registry(d).models["classifier_2"])
+    with pytest.raises(WeightsError, match="pinned hash"):
+        Pipeline.from_weights_dir(d)  # one tampered member stops the whole pipeline
+
+
+def test_registry_refuses_a_member_of_unknown_kind(tmp_path):
+    d = _ensemble_weights_dir(tmp_path)
+    raw = json.loads((d / "manifest.json").read_text())
+    raw["models"]["classifier_2"]["kind"] = "detector"
+    (d / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match="kind 'detector'"):
+        weights_lib.read_registry(d)
+
+
+class ScaledSegmenter(StubSegmenter):
+    """The radial stub map times a constant."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def __call__(self, x, training=False):
+        return self.scale * super().__call__(x, training)
+
+
+def test_ensemble_averages_each_members_output_at_its_own_size():
+    from tumor.pipeline import Member
+
+    first, second = StubClassifier((0.6, 0.3, 0.05, 0.05)), StubClassifier((0.0, 0.1, 0.1, 0.8))
+    seg2 = ScaledSegmenter(0.5)
+    pipe = Pipeline(
+        first,
+        StubSegmenter(),
+        classifier_size=32,
+        segmenter_size=32,
+        tumor_threshold=0.5,
+        flip_tta=True,
+        extra_classifiers=(Member(second, 48, "foreground_mean"),),
+        extra_segmenters=(Member(seg2, 64),),
+    )
+    single = Pipeline(
+        StubClassifier((0, 0, 0, 1)), StubSegmenter(), classifier_size=32, segmenter_size=32, tumor_threshold=0.5
+    )
+    rgb = _slice()
+    a = pipe.analyze(rgb)
+    np.testing.assert_allclose([a.probabilities[c] for c in a.probabilities], (0.3, 0.2, 0.075, 0.425), atol=1e-6)
+    assert a.predicted_class == "pituitary" and a.p_tumor == pytest.approx(0.7)
+    assert (first.calls, second.calls, seg2.calls) == (1, 1, 1)  # one batched call each (slice and mirror)
+    ref = single.analyze(rgb).prob_map  # the unscaled radial map at 32 px
+    assert a.prob_map.shape == rgb.shape[:2]
+    # The mean of the full map and a half-strength one (resampled from 64 px): about 0.75 of it.
+    centre = (slice(25, 35), slice(40, 50))
+    np.testing.assert_allclose(a.prob_map[centre], 0.75 * ref[centre], atol=0.05)

@@ -184,6 +184,21 @@ class VolumeAnalysis:
     tumor_volume_ml: float
 
 
+@dataclass(frozen=True)
+class Member:
+    """One further model of an ensemble, with its own input side and scaling.
+
+    Attributes:
+        model: maps a preprocessed batch to the outputs of its kind.
+        size: its input side in pixels.
+        intensity: its input scaling, one of ``tumor.models.INTENSITY_MODES``.
+    """
+
+    model: object
+    size: int
+    intensity: str = "unit"
+
+
 class Pipeline:
     """Classifier then segmenter, loaded once and shared (treat as immutable).
 
@@ -204,6 +219,10 @@ class Pipeline:
         classifier_intensity: the classifier's input scaling, one of
             ``tumor.models.INTENSITY_MODES``.
         segmenter_intensity: the segmenter's input scaling.
+        extra_classifiers: further classifiers (``Member``); P(class) is the
+            mean over the classifier and these. Grad-CAM explains the first.
+        extra_segmenters: further segmenters; the probability map is the mean
+            over the segmenter and these.
     """
 
     def __init__(
@@ -222,8 +241,12 @@ class Pipeline:
         min_component_fraction: float = 0.0,
         classifier_intensity: str = "unit",
         segmenter_intensity: str = "unit",
+        extra_classifiers: tuple[Member, ...] = (),
+        extra_segmenters: tuple[Member, ...] = (),
     ):
         self.classifier = classifier
+        self.extra_classifiers = tuple(extra_classifiers)
+        self.extra_segmenters = tuple(extra_segmenters)
         self.classifier_intensity = classifier_intensity
         self.segmenter_intensity = segmenter_intensity
         self.flip_tta = flip_tta
@@ -248,8 +271,15 @@ class Pipeline:
 
         weights_dir = Path(weights_dir or weights_lib.DEFAULT_WEIGHTS_DIR)
         registry = weights_lib.read_registry(weights_dir)
-        classifier = weights_lib.load_model(registry.models["classifier"])
-        segmenter = weights_lib.load_model(registry.models["segmenter"])
+        for entry in registry.models.values():  # every file, before the slow model builds
+            weights_lib.verify(entry)
+        classifier = weights_lib.load_model(registry.models["classifier"], verified=True)
+        segmenter = weights_lib.load_model(registry.models["segmenter"], verified=True)
+
+        def extras(kind: str) -> tuple[Member, ...]:
+            members = registry.members(kind)[1:]
+            return tuple(Member(weights_lib.load_model(e, verified=True), e.input_size, e.intensity) for e in members)
+
         return cls(
             classifier,
             segmenter,
@@ -264,31 +294,38 @@ class Pipeline:
             min_component_fraction=registry.min_component_fraction,
             classifier_intensity=registry.models["classifier"].intensity,
             segmenter_intensity=registry.models["segmenter"].intensity,
+            extra_classifiers=extras("classifier"),
+            extra_segmenters=extras("segmenter"),
         )
 
+    def _members(self, kind: str) -> list[Member]:
+        if kind == "classifier":
+            first = Member(self.classifier, self.classifier_size, self.classifier_intensity)
+            return [first, *self.extra_classifiers]
+        return [Member(self.segmenter, self.segmenter_size, self.segmenter_intensity), *self.extra_segmenters]
+
     def classify(self, rgb: np.ndarray) -> np.ndarray:
-        """Class probabilities (4,) for one RGB uint8 slice."""
-        square, _ = to_model_square(rgb, self.classifier_size)
-        batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
-        probs = np.asarray(
-            self.classifier(preprocess_classifier(batch, self.classifier_intensity), training=False), dtype=np.float64
-        ).mean(axis=0)
+        """Class probabilities (4,) for one RGB uint8 slice: the mean over the classifiers."""
+        outputs = []
+        for m in self._members("classifier"):
+            square, _ = to_model_square(rgb, m.size)
+            batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
+            outputs.append(np.asarray(m.model(preprocess_classifier(batch, m.intensity), training=False), np.float64))
+        probs = np.concatenate(outputs).mean(axis=0)
         if probs.shape != (len(CLASS_NAMES),) or not np.all(np.isfinite(probs)):
             raise RuntimeError(f"The classifier returned an invalid output. Received: {probs!r}")
         return probs
 
     def segment(self, rgb: np.ndarray) -> np.ndarray:
-        """Tumour probability map (H, W) float32 for one RGB uint8 slice."""
-        square, frame = to_model_square(rgb, self.segmenter_size)
-        batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
-        pred = np.asarray(
-            self.segmenter(preprocess_segmenter(batch, self.segmenter_intensity), training=False), dtype=np.float32
-        )[..., 0]
-        if self.flip_tta:
-            pred = (pred[0] + pred[1, :, ::-1]) / 2
-        else:
-            pred = pred[0]
-        return np.clip(from_model_square(pred, frame), 0.0, 1.0)
+        """Tumour probability map (H, W) float32 for one RGB uint8 slice: the mean over the segmenters."""
+        maps = []
+        for m in self._members("segmenter"):
+            square, frame = to_model_square(rgb, m.size)
+            batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
+            pred = np.asarray(m.model(preprocess_segmenter(batch, m.intensity), training=False), np.float32)[..., 0]
+            pred = (pred[0] + pred[1, :, ::-1]) / 2 if self.flip_tta else pred[0]
+            maps.append(from_model_square(pred, frame))
+        return np.clip(np.mean(maps, axis=0), 0.0, 1.0).astype(np.float32)
 
     def analyze(
         self,

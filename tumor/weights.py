@@ -27,6 +27,9 @@ class ModelEntry:
 
     Attributes:
         kind: ``"classifier"`` or ``"segmenter"``.
+        name: the entry's key in the manifest: the kind itself for the first
+            model of that kind, another name (``"classifier_2"``) for each
+            further ensemble member.
         path: absolute path of the ``.weights.h5`` file.
         sha256: expected hex digest of the file.
         input_size: side of the square input the model was trained at.
@@ -42,6 +45,7 @@ class ModelEntry:
     input_size: int
     build_kwargs: dict
     intensity: str = "unit"
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class Registry:
         class_names: class order of the classifier's output.
         tumor_threshold: P(tumour) at or above which a slice counts as positive.
         mask_threshold: default probability threshold of the tumour mask.
-        models: ``kind -> ModelEntry``.
+        models: ``name -> ModelEntry``: ``"classifier"`` and ``"segmenter"``,
+            then any further ensemble members in manifest order.
         flip_tta: whether the pipeline averages over a left-right mirror.
         min_component_fraction: mask components below this fraction of the
             slice are dropped (``thresholds.min_component_fraction``; 0 if absent).
@@ -66,6 +71,10 @@ class Registry:
     models: dict[str, ModelEntry]
     flip_tta: bool = False
     min_component_fraction: float = 0.0
+
+    def members(self, kind: str) -> list[ModelEntry]:
+        """The models of ``kind`` whose outputs the pipeline averages, the one named ``kind`` first."""
+        return [e for e in self.models.values() if e.kind == kind]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -93,10 +102,15 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
     try:
         raw = json.loads(manifest.read_text())
         models = {}
-        for kind in MODEL_KINDS:
-            entry = raw["models"][kind]
-            models[kind] = ModelEntry(
+        names = [*MODEL_KINDS, *(n for n in raw["models"] if n not in MODEL_KINDS)]
+        for name in names:
+            entry = raw["models"][name]
+            kind = str(entry.get("kind", name))
+            if kind not in MODEL_KINDS:
+                raise ValueError(f"model {name!r} has kind {kind!r}, not one of {MODEL_KINDS}")
+            models[name] = ModelEntry(
                 kind=kind,
+                name=name,
                 path=weights_dir / Path(entry["file"]).name,
                 sha256=str(entry["sha256"]).lower(),
                 input_size=int(entry["input_size"]),
@@ -155,15 +169,20 @@ def verify(entry: ModelEntry) -> None:
         )
 
 
-def load_model(entry: ModelEntry):
+def load_model(entry: ModelEntry, *, verified: bool = False):
     """Builds the model of ``entry`` and loads its verified weights.
+
+    Args:
+        entry: the registry entry.
+        verified: the caller has just run ``verify(entry)``; skips hashing again.
 
     Returns:
         A ``keras.Model`` ready for ``model(x, training=False)``.
     """
     from tumor import models
 
-    verify(entry)
+    if not verified:
+        verify(entry)
     builder = models.build_classifier if entry.kind == "classifier" else models.build_segmenter
     model = builder(input_size=entry.input_size, **entry.build_kwargs)
     try:
@@ -192,10 +211,13 @@ def write_manifest(
     mask_threshold: float,
     extra: dict | None = None,
     intensity: dict[str, str] | None = None,
+    members: dict[str, dict] | None = None,
 ) -> dict:
     """Writes ``manifest.json`` with the current files' hashes; returns it.
 
     ``intensity`` maps a kind to its input scaling; a kind left out is "unit".
+    ``members`` adds ensemble members: ``name -> {"kind", "input_size",
+    "build_kwargs", "intensity"}``, each in ``<name>.weights.h5``.
     """
     weights_dir = Path(weights_dir)
     manifest = {
@@ -214,5 +236,14 @@ def write_manifest(
         },
         **(extra or {}),
     }
+    for name, spec in (members or {}).items():
+        manifest["models"][name] = {
+            "kind": spec["kind"],
+            "file": f"{name}.weights.h5",
+            "sha256": sha256_file(weights_dir / f"{name}.weights.h5"),
+            "input_size": spec["input_size"],
+            "build_kwargs": spec.get("build_kwargs", {}),
+            "intensity": spec.get("intensity", "unit"),
+        }
     (weights_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
