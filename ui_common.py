@@ -539,7 +539,9 @@ def render_analysis(
         if cam:
             heat = grad_cam_cached(key, pipeline, analysis)
             images.append(draw_heatmap(np.asarray(analysis.image), heat, opacity=0.45))
-            captions.append(f"Grad-CAM for '{label(analysis.predicted_class)}'")
+            n_cls = 1 + len(getattr(pipeline, "extra_classifiers", ()))
+            of_which = f" (first of {n_cls} averaged classifiers)" if n_cls > 1 else ""
+            captions.append(f"Grad-CAM for '{label(analysis.predicted_class)}'{of_which}")
         for col, image, caption in zip(st.columns(len(images)), images, captions, strict=False):
             col.image(image, caption=caption, width="stretch")
         if analysis.orientation:
