@@ -279,3 +279,17 @@ def test_model_card_says_how_many_test_slices_the_app_refused(monkeypatch, tmp_p
     captions = " ".join(c.value for c in at.caption)
     assert "Test split: 100 slices. A further 7 slices are left out" in captions
     assert "almost entirely black" in captions
+
+
+def test_model_card_says_what_each_training_stage_was_from_the_manifest(monkeypatch, tmp_path):
+    import json
+
+    (tmp_path / "training_log_segmenter.csv").write_text("epoch,stage,size,loss,val_loss\n0,1,128,0.9,0.95\n")
+    stages = {"segmenter": {"stage1": "128 px from random init", "stage2": "warm restart: the second segmenter"}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": stages}))
+    monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
+    at = run_app("views/model_card.py")
+    assert not at.exception, at.exception
+    shown = texts(at)
+    assert "**stage 1**: 128 px from random init" in shown
+    assert "**stage 2**: warm restart: the second segmenter" in shown

@@ -6,6 +6,8 @@ so it renders without loading TensorFlow; every missing piece says so.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -129,6 +131,15 @@ def training_figure(log: pd.DataFrame, title: str) -> go.Figure | None:
     return fig
 
 
+def read_stages(kind: str) -> dict[str, str]:
+    """``stageN -> what it was`` for one model kind, from the weights manifest (empty if absent)."""
+    try:
+        stages = json.loads((ui.weights_dir() / "manifest.json").read_text())["stages"][kind]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {str(k): str(v) for k, v in stages.items()} if isinstance(stages, dict) else {}
+
+
 def read_log(name: str) -> pd.DataFrame | None:
     path = ui.weights_dir() / name
     try:
@@ -243,6 +254,9 @@ for col, (file, title) in zip(
             st.caption(f"{title}: {NOT_AVAILABLE}")
         else:
             st.plotly_chart(figure, key=f"log_{file}")
+        stages = read_stages(title.lower())
+        if stages:
+            st.caption(" · ".join(f"**{k.replace('stage', 'stage ')}**: {v}" for k, v in stages.items()))
 
 st.subheader("Intended use and limits")
 st.markdown(LIMITS)
