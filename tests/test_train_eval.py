@@ -182,8 +182,8 @@ def test_calibrate_cli_writes_its_choice_into_a_copy_of_the_weights_folder(tmp_p
 
     wdir = tmp_path / "weights"
     wdir.mkdir()
-    for name in ("classifier.weights.h5", "segmenter.weights.h5", "manifest.json"):
-        shutil.copy(ROOT / "weights" / name, wdir / name)
+    for path in [*(ROOT / "weights").glob("*.weights.h5"), ROOT / "weights" / "manifest.json"]:
+        shutil.copy(path, wdir / path.name)  # every network of the ensemble
     manifest = _gallery_manifest(tmp_path)
     evaluate.main(["--manifest", str(manifest), "--weights", str(wdir), "--calibrate", "--flip-tta", "off"])
     written = json.loads((wdir / "manifest.json").read_text())

@@ -10,12 +10,16 @@ st.title("About this demo")
 st.markdown(
     """
 This is an **open research demo**. It reads one brain MRI slice (or a NIfTI
-volume, slice by slice) and shows what two small neural networks make of it:
+volume, slice by slice) and shows what neural networks trained on public
+data make of it:
 
 1. a **classifier** gives the probability of *no tumour*, *glioma*,
    *meningioma* and *pituitary tumour*;
 2. when it finds a tumour, a **segmenter** outlines it. The outline threshold
-   can be moved freely: the model runs once per slice, the outline is redrawn.
+   can be moved freely: the models run once per slice, the outline is redrawn.
+
+Each may be a small ensemble: the shipped weights list the networks whose
+outputs are averaged (the **Model card** page says which).
 
 **What the tumour type usually implies.** Gliomas are malignant brain tumours;
 meningiomas are usually benign (mostly WHO grade 1); pituitary adenomas are
