@@ -539,7 +539,7 @@ def render_analysis(
         if cam:
             heat = grad_cam_cached(key, pipeline, analysis)
             images.append(draw_heatmap(np.asarray(analysis.image), heat, opacity=0.45))
-            n_cls = 1 + len(getattr(pipeline, "extra_classifiers", ()))
+            n_cls = len(getattr(pipeline, "classifiers", ()))
             of_which = f" (first of {n_cls} averaged classifiers)" if n_cls > 1 else ""
             captions.append(f"Grad-CAM for '{label(analysis.predicted_class)}'{of_which}")
         for col, image, caption in zip(st.columns(len(images)), images, captions, strict=False):

@@ -198,11 +198,11 @@ def test_mask_threshold_out_of_range_is_refused():
 # --- weights registry ------------------------------------------------------------------
 
 
-def _fake_weights_dir(tmp_path: Path) -> Path:
+def _fake_weights_dir(tmp_path: Path, members: dict[str, dict] | None = None) -> Path:
     d = tmp_path / "w"
     d.mkdir()
-    for kind in weights_lib.MODEL_KINDS:
-        (d / f"{kind}.weights.h5").write_bytes(f"not really {kind} weights".encode())
+    for name in [*weights_lib.MODEL_KINDS, *(members or {})]:
+        (d / f"{name}.weights.h5").write_bytes(f"not really {name} weights".encode())
     weights_lib.write_manifest(
         d,
         version="t",
@@ -210,6 +210,7 @@ def _fake_weights_dir(tmp_path: Path) -> Path:
         build_kwargs={},
         tumor_threshold=0.5,
         mask_threshold=0.5,
+        members=members,
     )
     return d
 
@@ -397,22 +398,13 @@ def test_real_pipeline_outlines_the_dim_flair_gallery_case(real_pipeline):
 
 
 def _ensemble_weights_dir(tmp_path: Path) -> Path:
-    d = _fake_weights_dir(tmp_path)
-    for name in ("classifier_2", "segmenter_2"):
-        (d / f"{name}.weights.h5").write_bytes(f"not really {name} weights".encode())
-    weights_lib.write_manifest(
-        d,
-        version="t",
-        input_sizes={"classifier": 32, "segmenter": 32},
-        build_kwargs={},
-        tumor_threshold=0.5,
-        mask_threshold=0.5,
+    return _fake_weights_dir(
+        tmp_path,
         members={
             "classifier_2": {"kind": "classifier", "input_size": 48, "intensity": "foreground_mean"},
             "segmenter_2": {"kind": "segmenter", "input_size": 64},
         },
     )
-    return d
 
 
 def test_registry_lists_ensemble_members_first_model_first_and_verifies_each(tmp_path):

@@ -186,7 +186,7 @@ class VolumeAnalysis:
 
 @dataclass(frozen=True)
 class Member:
-    """One further model of an ensemble, with its own input side and scaling.
+    """One network of an ensemble, with its own input side and scaling.
 
     Attributes:
         model: maps a preprocessed batch to the outputs of its kind.
@@ -245,8 +245,9 @@ class Pipeline:
         extra_segmenters: tuple[Member, ...] = (),
     ):
         self.classifier = classifier
-        self.extra_classifiers = tuple(extra_classifiers)
-        self.extra_segmenters = tuple(extra_segmenters)
+        # Every network of each kind, the first one first: what classify and segment average over.
+        self.classifiers = (Member(classifier, classifier_size, classifier_intensity), *extra_classifiers)
+        self.segmenters = (Member(segmenter, segmenter_size, segmenter_intensity), *extra_segmenters)
         self.classifier_intensity = classifier_intensity
         self.segmenter_intensity = segmenter_intensity
         self.flip_tta = flip_tta
@@ -298,16 +299,10 @@ class Pipeline:
             extra_segmenters=extras("segmenter"),
         )
 
-    def _members(self, kind: str) -> list[Member]:
-        if kind == "classifier":
-            first = Member(self.classifier, self.classifier_size, self.classifier_intensity)
-            return [first, *self.extra_classifiers]
-        return [Member(self.segmenter, self.segmenter_size, self.segmenter_intensity), *self.extra_segmenters]
-
     def classify(self, rgb: np.ndarray) -> np.ndarray:
         """Class probabilities (4,) for one RGB uint8 slice: the mean over the classifiers."""
         outputs = []
-        for m in self._members("classifier"):
+        for m in self.classifiers:
             square, _ = to_model_square(rgb, m.size)
             batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
             outputs.append(np.asarray(m.model(preprocess_classifier(batch, m.intensity), training=False), np.float64))
@@ -319,7 +314,7 @@ class Pipeline:
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         """Tumour probability map (H, W) float32 for one RGB uint8 slice: the mean over the segmenters."""
         maps = []
-        for m in self._members("segmenter"):
+        for m in self.segmenters:
             square, frame = to_model_square(rgb, m.size)
             batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
             pred = np.asarray(m.model(preprocess_segmenter(batch, m.intensity), training=False), np.float32)[..., 0]

@@ -220,30 +220,32 @@ def write_manifest(
     "build_kwargs", "intensity"}``, each in ``<name>.weights.h5``.
     """
     weights_dir = Path(weights_dir)
+    specs = {
+        kind: {
+            "kind": kind,
+            "input_size": input_sizes[kind],
+            "build_kwargs": build_kwargs.get(kind, {}),
+            "intensity": (intensity or {}).get(kind, "unit"),
+        }
+        for kind in MODEL_KINDS
+    }
+    specs.update(members or {})
     manifest = {
         "version": version,
         "class_names": list(CLASS_NAMES),
         "thresholds": {"tumor": tumor_threshold, "mask": mask_threshold},
         "models": {
-            kind: {
-                "file": f"{kind}.weights.h5",
-                "sha256": sha256_file(weights_dir / f"{kind}.weights.h5"),
-                "input_size": input_sizes[kind],
-                "build_kwargs": build_kwargs.get(kind, {}),
-                "intensity": (intensity or {}).get(kind, "unit"),
+            name: {
+                "kind": spec["kind"],
+                "file": f"{name}.weights.h5",
+                "sha256": sha256_file(weights_dir / f"{name}.weights.h5"),
+                "input_size": spec["input_size"],
+                "build_kwargs": spec.get("build_kwargs", {}),
+                "intensity": spec.get("intensity", "unit"),
             }
-            for kind in MODEL_KINDS
+            for name, spec in specs.items()
         },
         **(extra or {}),
     }
-    for name, spec in (members or {}).items():
-        manifest["models"][name] = {
-            "kind": spec["kind"],
-            "file": f"{name}.weights.h5",
-            "sha256": sha256_file(weights_dir / f"{name}.weights.h5"),
-            "input_size": spec["input_size"],
-            "build_kwargs": spec.get("build_kwargs", {}),
-            "intensity": spec.get("intensity", "unit"),
-        }
     (weights_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
