@@ -240,6 +240,53 @@ def test_modality_drop_copies_the_middle_channel_into_the_outer_ones():
     assert (many[:, ..., 1] == 20.0).all()
 
 
+def test_grey_probability_turns_whole_slices_grey_and_never_one_channel_alone():
+    x = np.stack([np.full((400, 4, 4), c, np.float32) for c in (10.0, 20.0, 30.0)], axis=-1)
+    out = np.asarray(train.drop_modalities(x, 0.0, keras.random.SeedGenerator(1), p_all=0.3))
+    first, last = out[:, 0, 0, 0] == 20.0, out[:, 0, 0, 2] == 20.0
+    np.testing.assert_array_equal(first, last)  # both outer channels go together
+    assert 0.2 < first.mean() < 0.4
+    assert (out[~first] == x[~first]).all()
+
+
+def test_oversample_repeats_only_the_chosen_source_and_label():
+    arrays = {
+        "labels": np.array([1, 1, 2, 1, 0]),
+        "sources": np.array(["figshare_cheng", "lgg_kaggle_3m", "figshare_cheng", "figshare_cheng", "x"]),
+    }
+    idx = train.oversample(np.array([0, 1, 2, 4]), arrays, ["figshare_cheng:glioma=3"])
+    np.testing.assert_array_equal(idx, [0, 0, 0, 1, 2, 4])  # row 3 is not in the training indices
+    np.testing.assert_array_equal(train.oversample(np.array([0, 1]), arrays, []), [0, 1])
+    for bad in ("figshare_cheng:glioma", "figshare_cheng:astrocytoma=2", "figshare_cheng:glioma=0", "nowhere:glioma=2"):
+        with pytest.raises(ValueError, match="oversample"):
+            train.oversample(np.array([0, 1]), arrays, [bad])
+
+
+def test_flair_only_evaluation_feeds_the_pipeline_grey_slices(tmp_path):
+    from tumor import evaluate
+    from tumor.pipeline import Pipeline
+
+    seen = []
+
+    def classifier(x, training=False):
+        seen.append(np.asarray(x))
+        return np.tile(np.array([[0.9, 0.05, 0.03, 0.02]], np.float32), (len(x), 1))
+
+    def segmenter(x, training=False):
+        return np.zeros((*x.shape[:3], 1), np.float32)
+
+    df = data.read_manifest(_gallery_manifest(tmp_path))
+    lgg = df[df["source"] == "lgg_kaggle_3m"].head(2)
+    pipeline = Pipeline(classifier, segmenter, classifier_size=32, segmenter_size=32, tumor_threshold=0.5)
+    evaluate.run_pipeline(pipeline, lgg)
+    assert any(not np.allclose(b[..., 0], b[..., 1]) for b in seen)  # the colour composites as they are
+    seen.clear()
+    evaluate.run_pipeline(pipeline, lgg, transform=evaluate.flair_only)
+    assert len(seen) == 2 and all(np.allclose(b[..., 0], b[..., 1]) and np.allclose(b[..., 2], b[..., 1]) for b in seen)
+    rgb = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
+    np.testing.assert_array_equal(evaluate.flair_only(rgb)[..., 0], rgb[..., 1])
+
+
 def test_evaluate_leaves_out_and_counts_the_slices_the_app_refuses(tmp_path):
     from PIL import Image
 

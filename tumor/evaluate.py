@@ -6,7 +6,9 @@ split of it, and writes detection, type and segmentation metrics overall and
 per source. ``--calibrate`` instead picks the tumour and mask thresholds, the
 smallest kept mask component and flip averaging on the validation split, writes
 them into ``weights/manifest.json`` and the validation figures behind the
-choice into ``weights/calibration.json``.
+choice into ``weights/calibration.json``. ``--flair-only`` is a stress test:
+every slice is replaced by its middle channel (for LGG, FLAIR), as for a
+patient whose pre- and post-contrast sequences are missing.
 """
 
 from __future__ import annotations
@@ -46,8 +48,15 @@ def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.DataFrame:
+def flair_only(rgb: np.ndarray) -> np.ndarray:
+    """The slice with every channel replaced by the middle one (LGG: FLAIR); grey slices are unchanged."""
+    return np.repeat(rgb[..., 1:2], 3, axis=-1)
+
+
+def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200, transform=None) -> pd.DataFrame:
     """Analyses every row the app would accept; returns per-row predictions and probability maps.
+
+    ``transform``, if given, maps each RGB slice after reading (``flair_only``).
 
     Returns:
         A copy of the accepted rows of ``df`` with ``probs`` (4,), ``p_tumor``,
@@ -67,6 +76,8 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200) -> pd.Da
         except InputError as err:
             refused.append({"source": str(source), "label": str(label), "reason": str(err)})
             continue
+        if transform is not None:
+            rgb = transform(rgb)
         a = pipeline.analyze(rgb)
         probs = np.array([a.probabilities[c] for c in CLASS_NAMES])
         accepted.append(idx)
@@ -327,6 +338,11 @@ def main(argv: list[str] | None = None) -> None:
         default="both",
         help="with --calibrate: try flip averaging on and off, or fix it (default: %(default)s)",
     )
+    parser.add_argument(
+        "--flair-only",
+        action="store_true",
+        help="stress test: replace every slice by its middle (FLAIR) channel before analysis (default: off)",
+    )
     args = parser.parse_args(argv)
 
     df = data.read_manifest(args.manifest)
@@ -338,15 +354,18 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = Pipeline.from_weights_dir(args.weights)
     t0 = time.monotonic()
     if args.calibrate:
+        if args.flair_only:
+            parser.error("--flair-only is a stress test; thresholds are chosen on the slices as they are")
         _calibrate_cli(pipeline, df, args)
         return
-    res = run_pipeline(pipeline, df)
+    res = run_pipeline(pipeline, df, transform=flair_only if args.flair_only else None)
     result = compute_metrics(res, pipeline.tumor_threshold, pipeline.mask_threshold, pipeline.min_component_fraction)
     result["refused"] = refused_summary(res)
     result["model_version"] = pipeline.version
     result["weights_sha256"] = pipeline.weights_sha256
     result["manifest"] = Path(args.manifest).name
     result["split"] = args.split
+    result["flair_only"] = args.flair_only
     result["seconds"] = round(time.monotonic() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     headline = {

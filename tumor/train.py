@@ -30,6 +30,7 @@ AUG_CONTRAST = 0.3
 AUG_BRIGHTNESS = 0.15
 SEG_NEGATIVE_FRACTION = 0.3  # tumour-free slices per positive slice in segmenter training
 AUG_MODALITY_DROP = 0.15  # chance, per outer channel, that it is replaced by the middle (FLAIR) one
+AUG_GREY = 0.0  # chance that both outer channels are replaced at once (an all-FLAIR slice)
 
 
 def geometric_augmenter(seed: int) -> keras.Sequential:
@@ -56,36 +57,49 @@ def intensity_augmenter(seed: int) -> keras.Sequential:
     )
 
 
-def drop_modalities(x, p: float, seed_generator):
-    """Replaces each outer channel of (N, S, S, 3) by the middle one with probability ``p``.
+def drop_modalities(x, p: float, seed_generator, p_all: float = 0.0):
+    """Replaces outer channels of (N, S, S, 3) by the middle one.
 
-    LGG slices are pre-contrast, FLAIR and post-contrast composites in which a
-    missing sequence was filled with FLAIR (Buda 2019); some test patients are
-    all FLAIR. For a grayscale slice this is a no-op.
+    Each outer channel is replaced with probability ``p``; with probability
+    ``p_all`` both are, at once, which turns the slice grey. LGG slices are
+    pre-contrast, FLAIR and post-contrast composites in which a missing
+    sequence was filled with FLAIR (Buda 2019); some patients are all FLAIR
+    (three in train, none in val, one in test). For a grayscale slice this is
+    a no-op.
     """
-    if p <= 0:
+    if p <= 0 and p_all <= 0:
         return x
-    u = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 2), seed=seed_generator)
+    u = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 3), seed=seed_generator)
+    grey = u[..., 2:3] < p_all
     mid = x[..., 1:2]
-    first = keras.ops.where(u[..., 0:1] < p, mid, x[..., 0:1])
-    last = keras.ops.where(u[..., 1:2] < p, mid, x[..., 2:3])
+    first = keras.ops.where((u[..., 0:1] < p) | grey, mid, x[..., 0:1])
+    last = keras.ops.where((u[..., 1:2] < p) | grey, mid, x[..., 2:3])
     return keras.ops.concatenate([first, mid, last], axis=-1)
 
 
 class _AugmentedTrainer(keras.Model):
     """Holds an inner network and its in-graph augmenters; only ``net`` is saved."""
 
-    def __init__(self, net: keras.Model, seed: int = 0, intensity: str = "unit", modality_drop: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        net: keras.Model,
+        seed: int = 0,
+        intensity: str = "unit",
+        modality_drop: float = 0.0,
+        grey_prob: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.net = net
         self.geometric = geometric_augmenter(seed)
         self.intensity = intensity_augmenter(seed)
         self.intensity_mode = intensity
         self.modality_drop = modality_drop
+        self.grey_prob = grey_prob
         self.modality_seed = keras.random.SeedGenerator(seed + 6)
 
     def _augment_intensity(self, image):
-        image = drop_modalities(image, self.modality_drop, self.modality_seed)
+        image = drop_modalities(image, self.modality_drop, self.modality_seed, self.grey_prob)
         return keras.ops.clip(self.intensity(image, training=True), 0.0, 255.0)
 
 
@@ -216,6 +230,38 @@ def segmenter_subset(arrays: dict[str, np.ndarray], seed: int, negative_fraction
     return np.sort(np.concatenate([positives, chosen]))
 
 
+def oversample(indices: np.ndarray, arrays: dict[str, np.ndarray], specs: list[str]) -> np.ndarray:
+    """Repeats the slices of chosen source and label ``k`` times in all.
+
+    Args:
+        indices: training indices into ``arrays``.
+        arrays: ``load_arrays`` output with ``sources``.
+        specs: ``"source:label=k"`` strings, e.g. ``"figshare_cheng:glioma=2"``;
+            ``k`` is a whole number of copies, at least 1.
+
+    Returns:
+        ``indices`` with every matching slice repeated, sorted.
+    """
+    out = [indices]
+    for spec in specs:
+        try:
+            target, k = spec.split("=")
+            source, label = target.split(":")
+            copies = int(k)
+            code = models.CLASS_NAMES.index(label)
+        except ValueError as err:
+            raise ValueError(
+                f"--oversample takes source:label=k, e.g. figshare_cheng:glioma=2. Received: {spec!r}"
+            ) from err
+        if copies < 1:
+            raise ValueError(f"--oversample needs at least 1 copy. Received: {spec!r}")
+        match = indices[(arrays["sources"][indices] == source) & (arrays["labels"][indices] == code)]
+        if not len(match):
+            raise ValueError(f"--oversample {spec!r} matches no training slice")
+        out += [match] * (copies - 1)
+    return np.sort(np.concatenate(out))
+
+
 def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
     from tumor import data
 
@@ -254,14 +300,17 @@ def train(args: argparse.Namespace) -> dict:
         net = models.build_classifier(args.size, weights=None if args.init == "random" else args.init)
         if args.resume:
             net.load_weights(args.resume)
-        model = ClassifierTrainer(net, seed=args.seed, intensity=args.intensity, modality_drop=args.modality_drop)
-        x_tr, x_va = tr["images"], va["images"]
-        y_tr = keras.utils.to_categorical(tr["labels"], len(models.CLASS_NAMES))
+        model = ClassifierTrainer(
+            net, seed=args.seed, intensity=args.intensity, modality_drop=args.modality_drop, grey_prob=args.grey_prob
+        )
+        idx_tr = oversample(np.arange(len(tr["labels"])), tr, args.oversample)
+        x_tr, x_va = tr["images"][idx_tr], va["images"]
+        y_tr = keras.utils.to_categorical(tr["labels"][idx_tr], len(models.CLASS_NAMES))
         y_va = keras.utils.to_categorical(va["labels"], len(models.CLASS_NAMES))
         from tumor.data import class_weights
 
         cw = class_weights(tr["labels"])
-        sw_tr = np.array([cw[int(c)] for c in tr["labels"]], np.float32)
+        sw_tr = np.array([cw[int(c)] for c in tr["labels"][idx_tr]], np.float32)
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
         metrics = [keras.metrics.CategoricalAccuracy(name="acc")]
         monitor, mode = "val_acc", "max"
@@ -269,8 +318,10 @@ def train(args: argparse.Namespace) -> dict:
         net = models.build_segmenter(args.size)
         if args.resume:
             net.load_weights(args.resume)
-        model = SegmenterTrainer(net, seed=args.seed, intensity=args.intensity, modality_drop=args.modality_drop)
-        idx_tr = segmenter_subset(tr, args.seed, SEG_NEGATIVE_FRACTION)
+        model = SegmenterTrainer(
+            net, seed=args.seed, intensity=args.intensity, modality_drop=args.modality_drop, grey_prob=args.grey_prob
+        )
+        idx_tr = oversample(segmenter_subset(tr, args.seed, SEG_NEGATIVE_FRACTION), tr, args.oversample)
         idx_va = segmenter_subset(va, args.seed, SEG_NEGATIVE_FRACTION)
         x_tr = np.concatenate([tr["images"][idx_tr], tr["masks"][idx_tr, ..., None]], axis=-1)
         x_va = np.concatenate([va["images"][idx_va], va["masks"][idx_va, ..., None]], axis=-1)
@@ -365,6 +416,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=AUG_MODALITY_DROP,
         help="chance that an outer channel is replaced by the middle one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grey-prob",
+        type=float,
+        default=AUG_GREY,
+        help="chance that both outer channels are replaced by the middle one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--oversample",
+        action="append",
+        default=[],
+        metavar="SOURCE:LABEL=K",
+        help="repeat the training slices of a source and label K times, e.g. figshare_cheng:glioma=2 (repeatable)",
     )
     p.add_argument("--resume", default="", help="inner-network weights to start from (default: none)")
     p.add_argument("--precision", default="mixed_bfloat16", help="Keras dtype policy (default: %(default)s)")
