@@ -103,7 +103,7 @@ def test_train_cli_runs_on_packed_slices_and_writes_its_artefacts(tmp_path):
     args = ["segmenter", "--packed", str(packed), "--out", str(out), "--size", "64", "--batch", "2"]
     summary = train.train(train.parse_args([*args, "--max-epochs", "3", "--budget-s", "600", "--precision", "float32"]))
 
-    assert summary["epochs_run"] == 3 and summary["backend"] == "tensorflow"
+    assert summary["epochs_run"] == 3 and summary["backend"] == "tensorflow" and summary["precision"] == "float32"
     log = pd.read_csv(out / "training_log_segmenter.csv")
     assert list(log["epoch"]) == [0, 1, 2]
     assert np.isfinite(log["loss"]).all() and log["val_hard_dice_metric"].between(0, 1).all()
@@ -247,6 +247,15 @@ def test_grey_probability_turns_whole_slices_grey_and_never_one_channel_alone():
     np.testing.assert_array_equal(first, last)  # both outer channels go together
     assert 0.2 < first.mean() < 0.4
     assert (out[~first] == x[~first]).all()
+
+
+def test_auto_precision_takes_bfloat16_only_where_it_is_native():
+    assert train.resolve_precision("auto", {"avx2", "avx512f", "avx512_bf16"}, accelerator=False) == "mixed_bfloat16"
+    assert train.resolve_precision("auto", {"avx2", "amx_bf16"}, accelerator=False) == "mixed_bfloat16"
+    assert train.resolve_precision("auto", {"avx2", "fma"}, accelerator=False) == "float32"
+    assert train.resolve_precision("auto", set(), accelerator=True) == "mixed_bfloat16"
+    assert train.resolve_precision("float32", {"amx_bf16"}, accelerator=True) == "float32"
+    assert train.resolve_precision("auto") in {"mixed_bfloat16", "float32"}  # this machine, whatever it is
 
 
 def test_oversample_repeats_only_the_chosen_source_and_label():

@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         help="with --calibrate: try flip averaging on and off, or fix it (default: %(default)s)",
     )
     parser.add_argument(
+        "--source", default="", help="evaluate only the rows of this source, e.g. lgg_kaggle_3m (default: every source)"
+    )
+    parser.add_argument(
         "--flair-only",
         action="store_true",
         help="stress test: replace every slice by its middle (FLAIR) channel before analysis (default: off)",
@@ -349,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.split != "all":
         df = data.load_split(df)
         df = df[df["split"] == args.split]
+    if args.source:
+        if args.source not in set(df["source"]):
+            parser.error(f"--source {args.source!r} matches no row; its sources: {sorted(set(df['source']))}")
+        df = df[df["source"] == args.source]
     if args.limit:
         df = df.head(args.limit)
     pipeline = Pipeline.from_weights_dir(args.weights)
@@ -365,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     result["weights_sha256"] = pipeline.weights_sha256
     result["manifest"] = Path(args.manifest).name
     result["split"] = args.split
+    result["source"] = args.source or "all"
     result["flair_only"] = args.flair_only
     result["seconds"] = round(time.monotonic() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -33,6 +33,50 @@ AUG_MODALITY_DROP = 0.15  # chance, per outer channel, that it is replaced by th
 AUG_GREY = 0.0  # chance that both outer channels are replaced at once (an all-FLAIR slice)
 
 
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def _has_accelerator() -> bool:
+    """Whether the Keras backend sees a GPU (or other accelerator)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def resolve_precision(precision: str, cpu_flags: set[str] | None = None, accelerator: bool | None = None) -> str:
+    """The Keras dtype policy to train with.
+
+    ``"auto"`` takes ``mixed_bfloat16`` on an accelerator or on a CPU with
+    native bfloat16 (AVX-512 BF16 or AMX), and ``float32`` elsewhere: without
+    them bfloat16 is emulated, which on a 2-core AVX2 CPU made a segmenter step
+    about 7 times slower than float32 (MODEL_CARD, "Hardware and wall time").
+    Any other value is returned as given.
+    """
+    if precision != "auto":
+        return precision
+    if accelerator if accelerator is not None else _has_accelerator():
+        return "mixed_bfloat16"
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    return "mixed_bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
 def geometric_augmenter(seed: int) -> keras.Sequential:
     """Random flips, rotations, zooms and shifts, shared by image and mask."""
     return keras.Sequential(
@@ -279,8 +323,9 @@ def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
 def train(args: argparse.Namespace) -> dict:
     """Trains one model as ``args`` says and returns a summary dict."""
     keras.utils.set_random_seed(args.seed)
-    if args.precision == "mixed_bfloat16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    args.precision = resolve_precision(args.precision)
+    print(f"precision: {args.precision}", flush=True)
+    keras.mixed_precision.set_global_policy(args.precision)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.kind}_args.json").write_text(json.dumps(vars(args), indent=2))
@@ -377,6 +422,7 @@ def train(args: argparse.Namespace) -> dict:
         "train_wall_s": round(time.monotonic() - t0, 1),
         "n_train": len(x_tr),
         "n_val": len(x_va),
+        "precision": args.precision,
         "class_weights": cw,
     }
     (out / f"{args.kind}_summary.json").write_text(json.dumps(summary, indent=2))
@@ -431,7 +477,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="repeat the training slices of a source and label K times, e.g. figshare_cheng:glioma=2 (repeatable)",
     )
     p.add_argument("--resume", default="", help="inner-network weights to start from (default: none)")
-    p.add_argument("--precision", default="mixed_bfloat16", help="Keras dtype policy (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is native, else float32 (default: %(default)s)",
+    )
     p.add_argument("--limit", type=int, default=0, help="rows per label per split, 0 = all (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1337, help="random seed (default: %(default)s)")
     return p.parse_args(argv)
