@@ -364,3 +364,15 @@ def test_calibrated_tumour_threshold_keeps_the_sensitivity_floor_after_rounding(
     tumor_t, _, _ = evaluate.calibrate(res, min_sensitivity=0.95)
     assert tumor_t == 0.3793
     assert (p_tumour >= tumor_t).mean() >= 0.95
+
+
+def test_training_benchmark_times_a_real_step_and_restores_the_dtype_policy():
+    from tumor import benchmark
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        seconds = benchmark.training_step_seconds("segmenter", "float32", batch=1, steps=1)
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(seconds) and seconds > 0

@@ -1,9 +1,11 @@
-"""Speed benchmark: ``python -m tumor.benchmark [--repeats N]``.
+"""Speed benchmark: ``python -m tumor.benchmark [--repeats N] [--training]``.
 
 Prints the figures a user feels: model loading, the first and the typical
 single-slice analysis (classifier, plus segmenter on positives), the mask
-re-threshold behind the slider (no model call), and Grad-CAM. Timings are
-printed, never asserted.
+re-threshold behind the slider (no model call), and Grad-CAM. ``--training``
+instead times training steps of both networks at the shipped input sizes, in
+float32 and in ``mixed_bfloat16``, to plan a training run on this machine.
+Timings are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tumor.io import read_image
@@ -27,11 +30,59 @@ def _ms(samples: list[float]) -> str:
     )
 
 
+def training_step_seconds(kind: str, precision: str, batch: int = 8, steps: int = 2) -> float:
+    """Seconds per slice of a training step (augmentation included), after one warm-up step."""
+    import keras
+
+    from tumor import models, train
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        rng = np.random.default_rng(0)
+        if kind == "classifier":
+            model = train.ClassifierTrainer(models.build_classifier(192), intensity="foreground_mean")
+            model.compile(optimizer="adamw", loss="categorical_crossentropy")
+            x = rng.integers(0, 256, (batch, 192, 192, 3), dtype=np.uint8)
+            y = np.eye(len(models.CLASS_NAMES), dtype=np.float32)[rng.integers(0, 4, batch)]
+        else:
+            model = train.SegmenterTrainer(models.build_segmenter(256), intensity="foreground_mean")
+            model.compile(optimizer="adamw", loss=train.dice_bce_loss)
+            x = rng.integers(0, 256, (batch, 256, 256, 4), dtype=np.uint8)
+            y = x[..., 3:]
+        model.train_on_batch(x, y)  # builds and traces the step
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model.train_on_batch(x, y)
+        return (time.perf_counter() - t0) / (steps * batch)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _training(precisions: list[str]) -> None:
+    from tumor import train
+
+    print(f"auto precision here: {train.resolve_precision('auto')}")
+    for kind in ("classifier", "segmenter"):
+        for precision in precisions:
+            sec = training_step_seconds(kind, precision)
+            print(f"train {kind:10s} {precision:15s} {sec:6.2f} s per slice")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="passes over the gallery (default: %(default)s)")
     p.add_argument("--weights", default=None, help="weights folder (default: the repository's weights/)")
+    p.add_argument(
+        "--training",
+        nargs="*",
+        metavar="PRECISION",
+        help="time training steps instead, in these dtype policies (default when given alone: float32 mixed_bfloat16)",
+    )
     args = p.parse_args(argv)
+    if args.training is not None:
+        _training(args.training or ["float32", "mixed_bfloat16"])
+        return
 
     t0 = time.perf_counter()
     pipe = Pipeline.from_weights_dir(args.weights)
