@@ -65,8 +65,8 @@ def resolve_precision(precision: str, cpu_flags: set[str] | None = None, acceler
 
     ``"auto"`` takes ``mixed_bfloat16`` on an accelerator or on a CPU with
     native bfloat16 (AVX-512 BF16 or AMX), and ``float32`` elsewhere: without
-    them bfloat16 is emulated, which on a 2-core AVX2 CPU made a segmenter step
-    about 7 times slower than float32 (MODEL_CARD, "Hardware and wall time").
+    them bfloat16 is emulated, which on a 2-core AVX2 CPU made a training step
+    6 to 10 times slower than float32 (``python -m tumor.benchmark --training``).
     Any other value is returned as given.
     """
     if precision != "auto":
