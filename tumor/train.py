@@ -113,8 +113,9 @@ def drop_modalities(x, p: float, seed_generator, p_all: float = 0.0):
     """
     if p <= 0 and p_all <= 0:
         return x
-    u = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 3), seed=seed_generator)
-    grey = u[..., 2:3] < p_all
+    # A third draw only when asked for, so runs without --grey-prob replay the earlier random stream.
+    u = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 3 if p_all > 0 else 2), seed=seed_generator)
+    grey = u[..., 2:3] < p_all if p_all > 0 else keras.ops.zeros_like(u[..., 0:1], dtype="bool")
     mid = x[..., 1:2]
     first = keras.ops.where((u[..., 0:1] < p) | grey, mid, x[..., 0:1])
     last = keras.ops.where((u[..., 1:2] < p) | grey, mid, x[..., 2:3])
