@@ -371,7 +371,7 @@ def test_training_benchmark_times_a_real_step_and_restores_the_dtype_policy():
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        seconds = benchmark.training_step_seconds("segmenter", "float32", batch=1, steps=1)
+        seconds = benchmark.training_step_seconds("segmenter", "float32", 64, batch=1, steps=1)
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -30,8 +30,10 @@ def _ms(samples: list[float]) -> str:
     )
 
 
-def training_step_seconds(kind: str, precision: str, batch: int = 8, steps: int = 2) -> float:
-    """Seconds per slice of a training step (augmentation included), after one warm-up step."""
+def training_step_seconds(
+    kind: str, precision: str, size: int, build_kwargs: dict | None = None, batch: int = 8, steps: int = 2
+) -> float:
+    """Seconds per slice of a training step (augmentation included) at ``size`` px, after one warm-up step."""
     import keras
 
     from tumor import models, train
@@ -40,15 +42,17 @@ def training_step_seconds(kind: str, precision: str, batch: int = 8, steps: int 
     keras.mixed_precision.set_global_policy(precision)
     try:
         rng = np.random.default_rng(0)
+        builder = models.build_classifier if kind == "classifier" else models.build_segmenter
+        net = builder(size, **(build_kwargs or {}))
         if kind == "classifier":
-            model = train.ClassifierTrainer(models.build_classifier(192), intensity="foreground_mean")
+            model = train.ClassifierTrainer(net, intensity="foreground_mean")
             model.compile(optimizer="adamw", loss="categorical_crossentropy")
-            x = rng.integers(0, 256, (batch, 192, 192, 3), dtype=np.uint8)
+            x = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
             y = np.eye(len(models.CLASS_NAMES), dtype=np.float32)[rng.integers(0, 4, batch)]
         else:
-            model = train.SegmenterTrainer(models.build_segmenter(256), intensity="foreground_mean")
+            model = train.SegmenterTrainer(net, intensity="foreground_mean")
             model.compile(optimizer="adamw", loss=train.dice_bce_loss)
-            x = rng.integers(0, 256, (batch, 256, 256, 4), dtype=np.uint8)
+            x = rng.integers(0, 256, (batch, size, size, 4), dtype=np.uint8)
             y = x[..., 3:]
         model.train_on_batch(x, y)  # builds and traces the step
         t0 = time.perf_counter()
@@ -59,14 +63,18 @@ def training_step_seconds(kind: str, precision: str, batch: int = 8, steps: int 
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _training(precisions: list[str]) -> None:
+def _training(precisions: list[str], weights_dir: str | None) -> None:
+    """Prints training-step speed of each kind's first network, at its shipped input size."""
     from tumor import train
+    from tumor import weights as weights_lib
 
+    registry = weights_lib.read_registry(weights_dir or weights_lib.DEFAULT_WEIGHTS_DIR)
     print(f"auto precision here: {train.resolve_precision('auto')}")
     for kind in ("classifier", "segmenter"):
+        entry = registry.models[kind]
         for precision in precisions:
-            sec = training_step_seconds(kind, precision)
-            print(f"train {kind:10s} {precision:15s} {sec:6.2f} s per slice")
+            sec = training_step_seconds(kind, precision, entry.input_size, entry.build_kwargs)
+            print(f"train {kind:10s} {entry.input_size} px {precision:15s} {sec:6.2f} s per slice")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     if args.training is not None:
-        _training(args.training or ["float32", "mixed_bfloat16"])
+        _training(args.training or ["float32", "mixed_bfloat16"], args.weights)
         return
 
     t0 = time.perf_counter()

@@ -43,21 +43,12 @@ def _cpu_flags() -> set[str]:
 
 
 def _has_accelerator() -> bool:
-    """Whether the Keras backend sees a GPU (or other accelerator)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() != "cpu"
-    if backend == "torch":
+    """Whether the Keras backend sees a GPU or TPU (Keras lists devices for TensorFlow and JAX)."""
+    if keras.backend.backend() == "torch":
         import torch
 
         return torch.cuda.is_available()
-    return False
+    return not keras.distribution.list_devices()[0].startswith("cpu")
 
 
 def resolve_precision(precision: str, cpu_flags: set[str] | None = None, accelerator: bool | None = None) -> str:
@@ -115,10 +106,13 @@ def drop_modalities(x, p: float, seed_generator, p_all: float = 0.0):
         return x
     # A third draw only when asked for, so runs without --grey-prob replay the earlier random stream.
     u = keras.random.uniform((keras.ops.shape(x)[0], 1, 1, 3 if p_all > 0 else 2), seed=seed_generator)
-    grey = u[..., 2:3] < p_all if p_all > 0 else keras.ops.zeros_like(u[..., 0:1], dtype="bool")
+    drop_first, drop_last = u[..., 0:1] < p, u[..., 1:2] < p
+    if p_all > 0:
+        grey = u[..., 2:3] < p_all
+        drop_first, drop_last = drop_first | grey, drop_last | grey
     mid = x[..., 1:2]
-    first = keras.ops.where((u[..., 0:1] < p) | grey, mid, x[..., 0:1])
-    last = keras.ops.where((u[..., 1:2] < p) | grey, mid, x[..., 2:3])
+    first = keras.ops.where(drop_first, mid, x[..., 0:1])
+    last = keras.ops.where(drop_last, mid, x[..., 2:3])
     return keras.ops.concatenate([first, mid, last], axis=-1)
 
 
