@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         help="stress test: replace every slice by its middle (FLAIR) channel before analysis (default: off)",
     )
     args = parser.parse_args(argv)
+    if args.calibrate and args.flair_only:
+        parser.error("--flair-only is a stress test; thresholds are chosen on the slices as they are")
 
     df = data.read_manifest(args.manifest)
     if args.split != "all":
@@ -361,8 +363,6 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = Pipeline.from_weights_dir(args.weights)
     t0 = time.monotonic()
     if args.calibrate:
-        if args.flair_only:
-            parser.error("--flair-only is a stress test; thresholds are chosen on the slices as they are")
         _calibrate_cli(pipeline, df, args)
         return
     res = run_pipeline(pipeline, df, transform=flair_only if args.flair_only else None)
