@@ -256,6 +256,42 @@ def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, 
     return tumor_t, mask_t, float(min_frac)
 
 
+def calibrated_report(res: pd.DataFrame) -> dict:
+    """Calibrates on ``res`` (a map on every row) and returns the figures behind the choice.
+
+    The score that chooses between settings or models is AUC + type accuracy +
+    segmentation objective, with the chosen thresholds applied as in the app.
+
+    Returns:
+        ``tumor_threshold``, ``mask_threshold``, ``min_component_fraction``,
+        ``val_score`` and the validation figures at those settings.
+    """
+    tumor_t, mask_t, min_frac = calibrate(res)
+    shipped = apply_cascade(res, tumor_t)  # the val figures `evaluate --split val` gives at these settings
+    m = _summary(shipped, tumor_t, mask_t, min_frac)
+    seg = m["segmentation"]
+    every = _segmentation(res, mask_t, min_frac)
+    objective = _objective(seg)
+    return {
+        "tumor_threshold": tumor_t,
+        "mask_threshold": mask_t,
+        "min_component_fraction": min_frac,
+        "val_score": m["detection"]["auc"] + m["type"]["accuracy"] + objective,
+        "val_auc": m["detection"]["auc"],
+        "val_sensitivity": m["detection"]["sensitivity"],
+        "val_specificity": m["detection"]["specificity"],
+        "val_type_accuracy": m["type"]["accuracy"],
+        "val_segmentation_objective": objective,
+        "val_lgg_patient_dice": seg["lgg_patient_dice_mean"],
+        "val_figshare_slice_dice": seg["figshare_slice_dice_mean"],
+        "val_tumor_slice_dice": seg["tumor_slice_dice_mean"],
+        "val_lgg_patient_dice_every_slice_segmented": every["lgg_patient_dice_mean"],
+        "val_objective_by_mask_threshold": {
+            str(float(t)): round(segmentation_score(res, tumor_t, float(t), 0.0), 4) for t in MASK_THRESHOLDS
+        },
+    }
+
+
 def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None:
     """Chooses thresholds and flip-TTA on ``df`` and writes them to the weights manifest."""
     from tumor import weights as weights_lib
@@ -264,38 +300,13 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
     candidates, report = {}, []
     for tta in {"both": (False, True), "on": (True,), "off": (False,)}[args.flip_tta]:
         pipeline.flip_tta = tta
-        res = run_pipeline(pipeline, df)
-        tumor_t, mask_t, min_frac = calibrate(res)
-        shipped = apply_cascade(res, tumor_t)  # the val figures `evaluate --split val` gives at these settings
-        m = _summary(shipped, tumor_t, mask_t, min_frac)
-        seg = m["segmentation"]
-        every = _segmentation(res, mask_t, min_frac)
-        objective = _objective(seg)
-        score = m["detection"]["auc"] + m["type"]["accuracy"] + objective
-        candidates[tta] = (score, tumor_t, mask_t, min_frac)
-        report.append(
-            {
-                "flip_tta": tta,
-                "tumor_threshold": tumor_t,
-                "mask_threshold": mask_t,
-                "min_component_fraction": min_frac,
-                "val_auc": m["detection"]["auc"],
-                "val_sensitivity": m["detection"]["sensitivity"],
-                "val_specificity": m["detection"]["specificity"],
-                "val_type_accuracy": m["type"]["accuracy"],
-                "val_segmentation_objective": objective,
-                "val_lgg_patient_dice": seg["lgg_patient_dice_mean"],
-                "val_figshare_slice_dice": seg["figshare_slice_dice_mean"],
-                "val_tumor_slice_dice": seg["tumor_slice_dice_mean"],
-                "val_lgg_patient_dice_every_slice_segmented": every["lgg_patient_dice_mean"],
-                "val_objective_by_mask_threshold": {
-                    str(float(t)): round(segmentation_score(res, tumor_t, float(t), 0.0), 4) for t in MASK_THRESHOLDS
-                },
-            }
-        )
-        print(json.dumps(report[-1]), flush=True)
-    tta = max(candidates, key=lambda k: candidates[k][0])
-    _, tumor_t, mask_t, min_frac = candidates[tta]
+        row = {"flip_tta": tta, **calibrated_report(run_pipeline(pipeline, df))}
+        candidates[tta] = row
+        report.append(row)
+        print(json.dumps(row), flush=True)
+    tta = max(candidates, key=lambda k: candidates[k]["val_score"])
+    best = candidates[tta]
+    tumor_t, mask_t, min_frac = best["tumor_threshold"], best["mask_threshold"], best["min_component_fraction"]
     wdir = Path(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
     manifest = json.loads((wdir / weights_lib.MANIFEST_NAME).read_text())
     manifest["thresholds"] = {

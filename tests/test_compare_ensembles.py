@@ -1,0 +1,147 @@
+"""Choosing an ensemble from cached per-network outputs: the averages match the pipeline's, and the rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_train_eval import HAS_WEIGHTS, ROOT, _gallery_manifest
+
+from tumor import compare_ensembles, data, evaluate
+from tumor.pipeline import Member, Pipeline
+
+
+class MeanClassifier:
+    """Probabilities that depend on the slice: P(no tumour) falls as the mean brightness rises."""
+
+    def __init__(self, tilt: float):
+        self.tilt = tilt
+
+    def __call__(self, x, training=False):
+        m = np.asarray(x, np.float32).mean(axis=(1, 2, 3))
+        no = np.clip(1.2 - 3 * m, 0.05, 0.9)
+        rest = (1 - no)[:, None] * np.array([[0.5 - self.tilt, 0.3, 0.2 + self.tilt]], np.float32)
+        return np.concatenate([no[:, None], rest], axis=1)
+
+
+class BrightSegmenter:
+    """The first channel, raised to a power: a map that depends on the slice and on the mirror."""
+
+    def __init__(self, power: float):
+        self.power = power
+
+    def __call__(self, x, training=False):
+        first = np.clip(np.asarray(x, np.float32)[..., :1], 0, 1)
+        return first**self.power * np.linspace(0.5, 1.0, first.shape[2], dtype=np.float32)[None, None, :, None]
+
+
+def _single(clf, seg) -> Pipeline:
+    return Pipeline(clf, seg, classifier_size=32, segmenter_size=48, tumor_threshold=0.0, flip_tta=True)
+
+
+def test_combined_cached_outputs_equal_the_ensemble_pipelines_outputs(tmp_path):
+    df = data.read_manifest(_gallery_manifest(tmp_path))
+    clfs, segs = (MeanClassifier(0.0), MeanClassifier(0.2)), (BrightSegmenter(1.0), BrightSegmenter(2.0))
+    singles = [evaluate.run_pipeline(_single(c, s), df) for c, s in zip(clfs, segs, strict=True)]
+    combined = compare_ensembles.combine(singles, singles)
+    ensemble = Pipeline(
+        clfs[0],
+        segs[0],
+        classifier_size=32,
+        segmenter_size=48,
+        tumor_threshold=0.0,
+        flip_tta=True,
+        extra_classifiers=(Member(clfs[1], 32),),
+        extra_segmenters=(Member(segs[1], 48),),
+    )
+    direct = evaluate.run_pipeline(ensemble, df)
+    assert len(combined) == len(direct) == len(df)
+    np.testing.assert_allclose(np.stack(combined["probs"]), np.stack(direct["probs"]), atol=1e-12)
+    np.testing.assert_allclose(combined["p_tumor"], direct["p_tumor"], atol=1e-12)
+    assert list(combined["type_pred"]) == list(direct["type_pred"]) == list(direct["pred"])
+    assert list(combined["pred"]) == list(direct["pred"])
+    for a, b in zip(combined["prob_map"], direct["prob_map"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The two stub networks of each kind differ, so the mean is not either one of them.
+    assert not np.allclose(np.stack(singles[0]["probs"]), np.stack(direct["probs"]))
+    assert evaluate.calibrated_report(combined) == evaluate.calibrated_report(direct)
+
+
+def test_combine_refuses_outputs_of_different_rows(tmp_path):
+    df = data.read_manifest(_gallery_manifest(tmp_path))
+    res = evaluate.run_pipeline(_single(MeanClassifier(0.0), BrightSegmenter(1.0)), df)
+    with pytest.raises(ValueError, match="different rows"):
+        compare_ensembles.combine([res], [res.iloc[::-1].reset_index(drop=True)])
+
+
+def _row(c: str, s: str, score: float) -> dict:
+    return {"classifier": c.split("+"), "segmenter": s.split("+"), "val_score": score}
+
+
+@pytest.mark.parametrize(
+    ("rows", "tied", "n_notes"),
+    [
+        # Three segmenters lead by 0.002 < 0.005: set aside; the best two-segmenter pair wins alone.
+        ([_row("a+b", "x+y+z", 2.687), _row("a+b", "x+y", 2.685), _row("a", "x", 2.650)], ["a+b/x+y"], 1),
+        # Three segmenters lead by 0.010: they stay, and win.
+        ([_row("a+b", "x+y+z", 2.695), _row("a+b", "x+y", 2.685), _row("a", "x", 2.650)], ["a+b/x+y+z"], 0),
+        # Two pairs within 0.003 of the best tie, best first; the third is out.
+        ([_row("a", "x", 2.680), _row("a+b", "x+y", 2.682), _row("b", "y", 2.675)], ["a+b/x+y", "a/x"], 0),
+        # Three classifiers lead by 0.001, so two-classifier pairs only; then a 0.002 tie below.
+        (
+            [_row("a+b+c", "x", 2.700), _row("a+b", "x", 2.699), _row("a", "x", 2.697), _row("b", "x", 2.690)],
+            ["a+b/x", "a/x"],
+            1,
+        ),
+    ],
+)
+def test_choose_applies_the_size_margin_then_the_tie_band(rows, tied, n_notes):
+    got, notes = compare_ensembles.choose(rows, margin=0.005, tie=0.003)
+    assert [f"{'+'.join(r['classifier'])}/{'+'.join(r['segmenter'])}" for r in got] == tied
+    assert len(notes) == n_notes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
+def test_cli_scores_real_networks_as_the_ensemble_pipeline_does(tmp_path):
+    weights = ROOT / "weights"
+    manifest = _gallery_manifest(tmp_path)
+    out = tmp_path / "compare.json"
+    args = ["--manifest", str(manifest), "--split", "all", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    args += [
+        "--classifier",
+        f"a={weights / 'classifier.weights.h5'}",
+        "--classifier",
+        f"b={weights / 'classifier_2.weights.h5'}",
+    ]
+    args += ["--segmenter", f"x={weights / 'segmenter.weights.h5'}"]
+    args += ["--classifier-sets", "a", "a+b", "--segmenter-sets", "x", "--baseline", "a+b/x"]
+    compare_ensembles.main(args)
+    result = json.loads(out.read_text())
+    assert [(r["classifier"], r["segmenter"]) for r in result["pairs"]] == [(["a"], ["x"]), (["a", "b"], ["x"])]
+    assert result["winner"] in {"a/x", "a+b/x"} and result["baseline_wins"] == (result["winner"] == "a+b/x")
+    assert len(list((tmp_path / "cache").glob("*.pkl"))) == 2  # one pass per classifier, the segmenter reused
+
+    from tumor import weights as weights_lib
+
+    registry = weights_lib.read_registry(weights)
+    clf = [weights_lib.load_model(registry.models[n]) for n in ("classifier", "classifier_2")]
+    seg = weights_lib.load_model(registry.models["segmenter"])
+    second = registry.models["classifier_2"]
+    ensemble = Pipeline(
+        clf[0],
+        seg,
+        classifier_size=registry.models["classifier"].input_size,
+        segmenter_size=registry.models["segmenter"].input_size,
+        classifier_intensity=registry.models["classifier"].intensity,
+        segmenter_intensity=registry.models["segmenter"].intensity,
+        tumor_threshold=0.0,
+        flip_tta=registry.flip_tta,
+        extra_classifiers=(Member(clf[1], second.input_size, second.intensity),),
+    )
+    direct = evaluate.calibrated_report(evaluate.run_pipeline(ensemble, data.read_manifest(manifest)))
+    row = result["pairs"][1]
+    for key in ("tumor_threshold", "mask_threshold", "min_component_fraction"):
+        assert row[key] == direct[key]
+    assert row["val_score"] == pytest.approx(direct["val_score"], abs=1e-9)

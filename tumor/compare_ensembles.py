@@ -1,0 +1,258 @@
+"""Choose an ensemble on validation from cached per-network outputs.
+
+``python -m tumor.compare_ensembles --manifest M --classifier NAME=PATH ... --segmenter NAME=PATH ...
+--classifier-sets A+B A+C ... --segmenter-sets ... [--baseline A+B/X+Y]``
+
+Each network runs once over the split, through ``Pipeline.analyze`` with the
+cascade off (every slice segmented), and its per-slice outputs are cached.
+Every classifier set is then paired with every segmenter set: the pair's
+outputs are the means of its members' outputs, exactly as ``Pipeline`` averages
+them, and each pair is calibrated and scored with ``evaluate.calibrated_report``
+(AUC + type accuracy + segmentation objective), as ``evaluate --calibrate``
+would score it. The rule (MODEL_CARD, "Rule for a 1.5.0 candidate"):
+
+- a set of three or more networks of one kind must beat the best pair whose
+  set of that kind has at most two by ``--margin`` or more;
+- pairs within ``--tie`` of the best count as tied, and the tie is broken by
+  the validation LGG Dice per patient under ``--flair-only``, at each pair's
+  own calibrated thresholds, cascade applied.
+
+Writes every pair's figures and the winner to ``--out``; changes nothing in
+``weights/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tumor import data
+from tumor import weights as weights_lib
+from tumor.evaluate import LGG, _segmentation, apply_cascade, calibrated_report, flair_only, run_pipeline
+from tumor.models import TUMOR_TYPES
+from tumor.pipeline import Pipeline
+
+KINDS = ("classifier", "segmenter")
+
+
+def _entry(kind: str, name: str, path: str, template: weights_lib.ModelEntry) -> weights_lib.ModelEntry:
+    """A registry entry for a candidate file, with the shipped network's size, build and scaling."""
+    path = Path(path)
+    return weights_lib.ModelEntry(
+        kind=kind,
+        name=name,
+        path=path,
+        sha256=weights_lib.sha256_file(path),
+        input_size=template.input_size,
+        build_kwargs=template.build_kwargs,
+        intensity=template.intensity,
+    )
+
+
+def network_outputs(
+    classifier: weights_lib.ModelEntry,
+    segmenter: weights_lib.ModelEntry,
+    df: pd.DataFrame,
+    *,
+    flip_tta: bool,
+    cache_dir: Path,
+    tag: str,
+    transform=None,
+) -> pd.DataFrame:
+    """``run_pipeline`` rows of a one-classifier, one-segmenter pipeline, every slice segmented; cached.
+
+    The cache file is named by both files' hashes, ``tag`` (split, source and
+    stress options) and the flip setting, so a changed file is never read from
+    an old cache.
+    """
+    key = f"{tag}_tta{int(flip_tta)}_{classifier.sha256[:12]}_{segmenter.sha256[:12]}.pkl"
+    path = cache_dir / key
+    if path.is_file():
+        return pd.read_pickle(path)
+    pipeline = Pipeline(
+        weights_lib.load_model(classifier),
+        weights_lib.load_model(segmenter),
+        classifier_size=classifier.input_size,
+        segmenter_size=segmenter.input_size,
+        classifier_intensity=classifier.intensity,
+        segmenter_intensity=segmenter.intensity,
+        tumor_threshold=0.0,  # segment every slice, so that any threshold can be applied afterwards
+        flip_tta=flip_tta,
+    )
+    t0 = time.monotonic()
+    res = run_pipeline(pipeline, df, transform=transform)
+    print(f"{classifier.name} + {segmenter.name} on {tag}: {len(res)} slices, {time.monotonic() - t0:.0f}s", flush=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    res.to_pickle(path)
+    return res
+
+
+def combine(clf_outputs: list[pd.DataFrame], seg_outputs: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rows an ensemble of these networks would give: means of their outputs, as ``Pipeline`` takes them.
+
+    Every frame must hold the same rows in the same order (the same split,
+    read by ``run_pipeline``).
+    """
+    base = clf_outputs[0]
+    for other in [*clf_outputs, *seg_outputs]:
+        if not other["image_file"].equals(base["image_file"]):
+            raise ValueError("Cached outputs hold different rows; rerun them on the same split.")
+    out = base.drop(columns=["prob_map"]).copy()
+    probs = np.mean([np.stack(r["probs"].to_numpy()) for r in clf_outputs], axis=0)
+    out["probs"] = list(probs)
+    out["p_tumor"] = 1.0 - probs[:, 0]
+    out["type_pred"] = [TUMOR_TYPES[int(np.argmax(p[1:]))] for p in probs]
+    out["pred"] = out["type_pred"]  # tumour threshold 0: every slice is positive
+    maps = zip(*(r["prob_map"] for r in seg_outputs), strict=True)
+    out["prob_map"] = [np.clip(np.mean(m, axis=0), 0.0, 1.0).astype(np.float32) for m in maps]
+    return out
+
+
+def choose(rows: list[dict], margin: float, tie: float) -> tuple[list[dict], list[str]]:
+    """The pairs still in the running after the size margin, best first, and why any were set aside.
+
+    Returns:
+        ``(tied, notes)``: every eligible pair within ``tie`` of the best
+        eligible score, best first; and a sentence per margin decision.
+    """
+    eligible, notes = list(rows), []
+    for kind in KINDS:
+        best = max(eligible, key=lambda r: r["val_score"])
+        if len(best[kind]) < 3:
+            continue
+        small = [r for r in eligible if len(r[kind]) <= 2]
+        if not small:
+            continue
+        best_small = max(small, key=lambda r: r["val_score"])
+        gain = best["val_score"] - best_small["val_score"]
+        if gain < margin:
+            notes.append(
+                f"{'+'.join(best[kind])} ({len(best[kind])} {kind}s) leads by {gain:.4f} < {margin}: "
+                f"pairs with at most two {kind}s only"
+            )
+            eligible = small
+    top = max(r["val_score"] for r in eligible)
+    tied = sorted((r for r in eligible if top - r["val_score"] <= tie), key=lambda r: -r["val_score"])
+    return tied, notes
+
+
+def _parse_networks(specs: list[str], flag: str) -> dict[str, str]:
+    nets = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "+" in name or "/" in name:
+            raise SystemExit(f"{flag} takes NAME=PATH with a NAME free of '+' and '/'. Received: {spec!r}")
+        nets[name] = path
+    return nets
+
+
+def _parse_sets(specs: list[str], names: dict[str, str], flag: str) -> list[tuple[str, ...]]:
+    sets = []
+    for spec in specs:
+        members = tuple(spec.split("+"))
+        unknown = [m for m in members if m not in names]
+        if unknown or len(set(members)) != len(members):
+            raise SystemExit(f"{flag} {spec!r} names unknown or repeated networks; known: {sorted(names)}")
+        sets.append(members)
+    return sets
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True, help="manifest CSV (default: none)")
+    parser.add_argument(
+        "--split", default="val", help="split to choose on, or 'all' for every row (default: %(default)s)"
+    )
+    parser.add_argument("--weights", default=None, help="shipped weights folder (default: the repository's weights/)")
+    parser.add_argument("--classifier", action="append", default=[], metavar="NAME=PATH", help="a candidate classifier")
+    parser.add_argument("--segmenter", action="append", default=[], metavar="NAME=PATH", help="a candidate segmenter")
+    parser.add_argument("--classifier-sets", nargs="+", required=True, help="sets to try, as NAME+NAME (default: none)")
+    parser.add_argument("--segmenter-sets", nargs="+", required=True, help="sets to try, as NAME+NAME (default: none)")
+    parser.add_argument("--baseline", default="", help="the shipped pair, as CLF+CLF/SEG+SEG (default: none)")
+    parser.add_argument("--margin", type=float, default=0.005, help="lead a 3-network set needs (default: %(default)s)")
+    parser.add_argument("--tie", type=float, default=0.003, help="scores this close are tied (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N rows, 0 = all (default: %(default)s)")
+    parser.add_argument("--cache", default="runs/cache", help="cache folder for outputs (default: %(default)s)")
+    parser.add_argument("--out", default="runs/compare_ensembles.json", help="JSON to write (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    registry = weights_lib.read_registry(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
+    paths = {"classifier": _parse_networks(args.classifier, "--classifier")}
+    paths["segmenter"] = _parse_networks(args.segmenter, "--segmenter")
+    sets = {
+        "classifier": _parse_sets(args.classifier_sets, paths["classifier"], "--classifier-sets"),
+        "segmenter": _parse_sets(args.segmenter_sets, paths["segmenter"], "--segmenter-sets"),
+    }
+    entries = {kind: {n: _entry(kind, n, p, registry.models[kind]) for n, p in paths[kind].items()} for kind in KINDS}
+    df = data.read_manifest(args.manifest)
+    if args.split != "all":
+        df = data.load_split(df)
+        df = df[df["split"] == args.split]
+    if args.limit:
+        df = df.head(args.limit)
+    cache = Path(args.cache)
+
+    def outputs(frame: pd.DataFrame, tag: str, transform=None) -> dict[str, dict[str, pd.DataFrame]]:
+        """Per-network outputs: networks of the two kinds run side by side, in pairs, to halve the passes."""
+        clfs, segs = list(entries["classifier"].values()), list(entries["segmenter"].values())
+        out: dict[str, dict[str, pd.DataFrame]] = {"classifier": {}, "segmenter": {}}
+        for i in range(max(len(clfs), len(segs))):
+            c, s = clfs[min(i, len(clfs) - 1)], segs[min(i, len(segs) - 1)]
+            res = network_outputs(
+                c, s, frame, flip_tta=registry.flip_tta, cache_dir=cache, tag=tag, transform=transform
+            )
+            out["classifier"].setdefault(c.name, res)
+            out["segmenter"].setdefault(s.name, res)
+        return out
+
+    tag = f"{Path(args.manifest).stem}_{args.split}_n{len(df)}"
+    nets = outputs(df, tag)
+    rows = []
+    for c_set, s_set in itertools.product(sets["classifier"], sets["segmenter"]):
+        res = combine([nets["classifier"][n] for n in c_set], [nets["segmenter"][n] for n in s_set])
+        row = {"classifier": list(c_set), "segmenter": list(s_set), **calibrated_report(res)}
+        row.pop("val_objective_by_mask_threshold")
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("classifier", "segmenter", "tumor_threshold", "val_score")}), flush=True)
+
+    tied, notes = choose(rows, args.margin, args.tie)
+    if len(tied) > 1:  # tie-break: LGG Dice per patient with every LGG slice made FLAIR-only
+        lgg = df[df["source"] == LGG]
+        stress = outputs(lgg, f"{tag}_lgg_flair", transform=flair_only)
+        for row in tied:
+            res = combine(
+                [stress["classifier"][n] for n in row["classifier"]], [stress["segmenter"][n] for n in row["segmenter"]]
+            )
+            seg = _segmentation(
+                apply_cascade(res, row["tumor_threshold"]), row["mask_threshold"], row["min_component_fraction"]
+            )
+            row["val_lgg_patient_dice_flair_only"] = seg["lgg_patient_dice_mean"]
+        tied.sort(key=lambda r: -r["val_lgg_patient_dice_flair_only"])
+    winner = tied[0]
+    label = f"{'+'.join(winner['classifier'])}/{'+'.join(winner['segmenter'])}"
+    result = {
+        "split": args.split,
+        "n_slices": len(nets["classifier"][next(iter(nets["classifier"]))]),
+        "flip_tta": registry.flip_tta,
+        "networks": {
+            kind: {n: {"path": str(e.path), "sha256": e.sha256} for n, e in entries[kind].items()} for kind in KINDS
+        },
+        "rule": {"margin": args.margin, "tie": args.tie, "notes": notes},
+        "pairs": rows,
+        "tied": [f"{'+'.join(r['classifier'])}/{'+'.join(r['segmenter'])}" for r in tied],
+        "winner": label,
+        "baseline_wins": bool(args.baseline) and label == args.baseline,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("tied", "winner", "baseline_wins")} | {"notes": notes}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
