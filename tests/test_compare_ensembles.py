@@ -88,6 +88,8 @@ def _row(c: str, s: str, score: float) -> dict:
         ([_row("a+b", "x+y+z", 2.695), _row("a+b", "x+y", 2.685), _row("a", "x", 2.650)], ["a+b/x+y+z"], 0),
         # Two pairs within 0.003 of the best tie, best first; the third is out.
         ([_row("a", "x", 2.680), _row("a+b", "x+y", 2.682), _row("b", "y", 2.675)], ["a+b/x+y", "a/x"], 0),
+        # Three segmenters score 0.001 under the best two: not in the tie band, however close.
+        ([_row("a+b", "x+y", 2.685), _row("a+b", "x+y+z", 2.684), _row("a", "x+y", 2.683)], ["a+b/x+y", "a/x+y"], 1),
         # Three classifiers lead by 0.001, so two-classifier pairs only; then a 0.002 tie below.
         (
             [_row("a+b+c", "x", 2.700), _row("a+b", "x", 2.699), _row("a", "x", 2.697), _row("b", "x", 2.690)],

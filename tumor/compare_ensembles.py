@@ -117,26 +117,27 @@ def combine(clf_outputs: list[pd.DataFrame], seg_outputs: list[pd.DataFrame]) ->
 def choose(rows: list[dict], margin: float, tie: float) -> tuple[list[dict], list[str]]:
     """The pairs still in the running after the size margin, best first, and why any were set aside.
 
+    A pair whose set of one kind has three or more networks stays in only if it
+    beats the best pair with at most two of that kind by ``margin`` or more.
+
     Returns:
         ``(tied, notes)``: every eligible pair within ``tie`` of the best
-        eligible score, best first; and a sentence per margin decision.
+        eligible score, best first; and a sentence per kind where pairs were
+        set aside by the margin.
     """
     eligible, notes = list(rows), []
     for kind in KINDS:
-        best = max(eligible, key=lambda r: r["val_score"])
-        if len(best[kind]) < 3:
-            continue
         small = [r for r in eligible if len(r[kind]) <= 2]
         if not small:
             continue
-        best_small = max(small, key=lambda r: r["val_score"])
-        gain = best["val_score"] - best_small["val_score"]
-        if gain < margin:
+        floor = max(r["val_score"] for r in small) + margin
+        dropped = [r for r in eligible if len(r[kind]) > 2 and r["val_score"] < floor]
+        if dropped:
             notes.append(
-                f"{'+'.join(best[kind])} ({len(best[kind])} {kind}s) leads by {gain:.4f} < {margin}: "
-                f"pairs with at most two {kind}s only"
+                f"{len(dropped)} pairs with three or more {kind}s score under the best pair with at most two "
+                f"plus {margin} ({floor:.4f}): set aside"
             )
-            eligible = small
+            eligible = [r for r in eligible if r not in dropped]
     top = max(r["val_score"] for r in eligible)
     tied = sorted((r for r in eligible if top - r["val_score"] <= tie), key=lambda r: -r["val_score"])
     return tied, notes
