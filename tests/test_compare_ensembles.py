@@ -118,12 +118,15 @@ def test_cli_scores_real_networks_as_the_ensemble_pipeline_does(tmp_path):
         f"b={weights / 'classifier_2.weights.h5'}",
     ]
     args += ["--segmenter", f"x={weights / 'segmenter.weights.h5'}"]
-    args += ["--classifier-sets", "a", "a+b", "--segmenter-sets", "x", "--baseline", "a+b/x"]
+    args += ["--classifier-sets", "a", "a+b", "--segmenter-sets", "x", "--baseline", "a+b/x", "--flair-stress"]
     compare_ensembles.main(args)
     result = json.loads(out.read_text())
     assert [(r["classifier"], r["segmenter"]) for r in result["pairs"]] == [(["a"], ["x"]), (["a", "b"], ["x"])]
     assert result["winner"] in {"a/x", "a+b/x"} and result["baseline_wins"] == (result["winner"] == "a+b/x")
-    assert len(list((tmp_path / "cache").glob("*.pkl"))) == 2  # one pass per classifier, the segmenter reused
+    # One pass per classifier (the segmenter reused), as acquired and FLAIR-only.
+    assert len(list((tmp_path / "cache").glob("*.pkl"))) == 4
+    for r in result["pairs"]:
+        assert 0.0 <= r["val_lgg_patient_dice_flair_only"] <= 1.0 and 0.0 <= r["val_lgg_sensitivity_flair_only"] <= 1.0
 
     from tumor import weights as weights_lib
 

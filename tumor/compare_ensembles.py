@@ -15,7 +15,8 @@ would score it. The rule (MODEL_CARD, "Rule for a 1.5.0 candidate"):
   set of that kind has at most two by ``--margin`` or more;
 - pairs within ``--tie`` of the best count as tied, and the tie is broken by
   the validation LGG Dice per patient under ``--flair-only``, at each pair's
-  own calibrated thresholds, cascade applied.
+  own calibrated thresholds, cascade applied (``--flair-stress`` reports it,
+  with the FLAIR-only LGG sensitivity, for every pair).
 
 Writes every pair's figures and the winner to ``--out``; changes nothing in
 ``weights/``.
@@ -178,6 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default="", help="the shipped pair, as CLF+CLF/SEG+SEG (default: none)")
     parser.add_argument("--margin", type=float, default=0.005, help="lead a 3-network set needs (default: %(default)s)")
     parser.add_argument("--tie", type=float, default=0.003, help="scores this close are tied (default: %(default)s)")
+    parser.add_argument(
+        "--flair-stress",
+        action="store_true",
+        help="report every pair's LGG figures with FLAIR-only slices, not just the tied ones' (default: off)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="only the first N rows, 0 = all (default: %(default)s)")
     parser.add_argument("--cache", default="runs/cache", help="cache folder for outputs (default: %(default)s)")
     parser.add_argument("--out", default="runs/compare_ensembles.json", help="JSON to write (default: %(default)s)")
@@ -223,18 +229,22 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({k: row[k] for k in ("classifier", "segmenter", "tumor_threshold", "val_score")}), flush=True)
 
     tied, notes = choose(rows, args.margin, args.tie)
-    if len(tied) > 1:  # tie-break: LGG Dice per patient with every LGG slice made FLAIR-only
+    if len(tied) > 1 or args.flair_stress:  # LGG with every slice made FLAIR-only, at each pair's own thresholds
         lgg = df[df["source"] == LGG]
         stress = outputs(lgg, f"{tag}_lgg_flair", transform=flair_only)
-        for row in tied:
+        for row in tied if not args.flair_stress else rows:
             res = combine(
                 [stress["classifier"][n] for n in row["classifier"]], [stress["segmenter"][n] for n in row["segmenter"]]
+            )
+            y = (res["label"] != "no_tumor").to_numpy()
+            row["val_lgg_sensitivity_flair_only"] = float(
+                (res["p_tumor"].to_numpy()[y] >= row["tumor_threshold"]).mean()
             )
             seg = _segmentation(
                 apply_cascade(res, row["tumor_threshold"]), row["mask_threshold"], row["min_component_fraction"]
             )
             row["val_lgg_patient_dice_flair_only"] = seg["lgg_patient_dice_mean"]
-        tied.sort(key=lambda r: -r["val_lgg_patient_dice_flair_only"])
+        tied.sort(key=lambda r: -r["val_lgg_patient_dice_flair_only"])  # the tie-break
     winner = tied[0]
     label = f"{'+'.join(winner['classifier'])}/{'+'.join(winner['segmenter'])}"
     result = {
