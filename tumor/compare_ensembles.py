@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for c_set, s_set in itertools.product(sets["classifier"], sets["segmenter"]):
         res = combine([nets["classifier"][n] for n in c_set], [nets["segmenter"][n] for n in s_set])
-        row = {"classifier": list(c_set), "segmenter": list(s_set), **calibrated_report(res)}
-        row.pop("val_objective_by_mask_threshold")
+        row = {"classifier": list(c_set), "segmenter": list(s_set), **calibrated_report(res, by_mask_threshold=False)}
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("classifier", "segmenter", "tumor_threshold", "val_score")}), flush=True)
 
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(tied) > 1 or args.flair_stress:  # LGG with every slice made FLAIR-only, at each pair's own thresholds
         lgg = df[df["source"] == LGG]
         stress = outputs(lgg, f"{tag}_lgg_flair", transform=flair_only)
-        for row in tied if not args.flair_stress else rows:
+        for row in rows if args.flair_stress else tied:
             res = combine(
                 [stress["classifier"][n] for n in row["classifier"]], [stress["segmenter"][n] for n in row["segmenter"]]
             )

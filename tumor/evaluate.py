@@ -256,7 +256,7 @@ def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, 
     return tumor_t, mask_t, float(min_frac)
 
 
-def calibrated_report(res: pd.DataFrame) -> dict:
+def calibrated_report(res: pd.DataFrame, *, by_mask_threshold: bool = True) -> dict:
     """Calibrates on ``res`` (a map on every row) and returns the figures behind the choice.
 
     The score that chooses between settings or models is AUC + type accuracy +
@@ -264,7 +264,8 @@ def calibrated_report(res: pd.DataFrame) -> dict:
 
     Returns:
         ``tumor_threshold``, ``mask_threshold``, ``min_component_fraction``,
-        ``val_score`` and the validation figures at those settings.
+        ``val_score`` and the validation figures at those settings; with
+        ``by_mask_threshold``, also the objective at every mask threshold.
     """
     tumor_t, mask_t, min_frac = calibrate(res)
     shipped = apply_cascade(res, tumor_t)  # the val figures `evaluate --split val` gives at these settings
@@ -272,7 +273,7 @@ def calibrated_report(res: pd.DataFrame) -> dict:
     seg = m["segmentation"]
     every = _segmentation(res, mask_t, min_frac)
     objective = _objective(seg)
-    return {
+    report = {
         "tumor_threshold": tumor_t,
         "mask_threshold": mask_t,
         "min_component_fraction": min_frac,
@@ -286,10 +287,12 @@ def calibrated_report(res: pd.DataFrame) -> dict:
         "val_figshare_slice_dice": seg["figshare_slice_dice_mean"],
         "val_tumor_slice_dice": seg["tumor_slice_dice_mean"],
         "val_lgg_patient_dice_every_slice_segmented": every["lgg_patient_dice_mean"],
-        "val_objective_by_mask_threshold": {
-            str(float(t)): round(segmentation_score(res, tumor_t, float(t), 0.0), 4) for t in MASK_THRESHOLDS
-        },
     }
+    if by_mask_threshold:
+        report["val_objective_by_mask_threshold"] = {
+            str(float(t)): round(segmentation_score(res, tumor_t, float(t), 0.0), 4) for t in MASK_THRESHOLDS
+        }
+    return report
 
 
 def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None:
@@ -297,13 +300,11 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
     from tumor import weights as weights_lib
 
     pipeline.tumor_threshold = 0.0  # segment every slice so the mask threshold can be chosen
-    candidates, report = {}, []
+    candidates = {}
     for tta in {"both": (False, True), "on": (True,), "off": (False,)}[args.flip_tta]:
         pipeline.flip_tta = tta
-        row = {"flip_tta": tta, **calibrated_report(run_pipeline(pipeline, df))}
-        candidates[tta] = row
-        report.append(row)
-        print(json.dumps(row), flush=True)
+        candidates[tta] = {"flip_tta": tta, **calibrated_report(run_pipeline(pipeline, df))}
+        print(json.dumps(candidates[tta]), flush=True)
     tta = max(candidates, key=lambda k: candidates[k]["val_score"])
     best = candidates[tta]
     tumor_t, mask_t, min_frac = best["tumor_threshold"], best["mask_threshold"], best["min_component_fraction"]
@@ -319,7 +320,7 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
     (wdir / weights_lib.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     chosen = {"flip_tta": tta, "tumor_threshold": tumor_t, "mask_threshold": mask_t, "min_component_fraction": min_frac}
     (wdir / "calibration.json").write_text(
-        json.dumps({"split": args.split, "candidates": report, "chosen": chosen}, indent=2) + "\n"
+        json.dumps({"split": args.split, "candidates": list(candidates.values()), "chosen": chosen}, indent=2) + "\n"
     )
     print(json.dumps({"chosen": chosen}))
 
