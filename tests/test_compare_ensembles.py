@@ -100,7 +100,7 @@ def _row(c: str, s: str, score: float) -> dict:
 )
 def test_choose_applies_the_size_margin_then_the_tie_band(rows, tied, n_notes):
     got, notes = compare_ensembles.choose(rows, margin=0.005, tie=0.003)
-    assert [f"{'+'.join(r['classifier'])}/{'+'.join(r['segmenter'])}" for r in got] == tied
+    assert [compare_ensembles.pair_label(r) for r in got] == tied
     assert len(notes) == n_notes
 
 

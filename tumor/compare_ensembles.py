@@ -115,6 +115,11 @@ def combine(clf_outputs: list[pd.DataFrame], seg_outputs: list[pd.DataFrame]) ->
     return out
 
 
+def pair_label(row: dict) -> str:
+    """A pair's name, as ``--baseline`` takes it: ``CLF+CLF/SEG+SEG``."""
+    return f"{'+'.join(row['classifier'])}/{'+'.join(row['segmenter'])}"
+
+
 def choose(rows: list[dict], margin: float, tie: float) -> tuple[list[dict], list[str]]:
     """The pairs still in the running after the size margin, best first, and why any were set aside.
 
@@ -244,18 +249,17 @@ def main(argv: list[str] | None = None) -> None:
             )
             row["val_lgg_patient_dice_flair_only"] = seg["lgg_patient_dice_mean"]
         tied.sort(key=lambda r: -r["val_lgg_patient_dice_flair_only"])  # the tie-break
-    winner = tied[0]
-    label = f"{'+'.join(winner['classifier'])}/{'+'.join(winner['segmenter'])}"
+    label = pair_label(tied[0])
     result = {
         "split": args.split,
-        "n_slices": len(nets["classifier"][next(iter(nets["classifier"]))]),
+        "n_slices": len(next(iter(nets["classifier"].values()))),
         "flip_tta": registry.flip_tta,
         "networks": {
             kind: {n: {"path": str(e.path), "sha256": e.sha256} for n, e in entries[kind].items()} for kind in KINDS
         },
         "rule": {"margin": args.margin, "tie": args.tie, "notes": notes},
         "pairs": rows,
-        "tied": [f"{'+'.join(r['classifier'])}/{'+'.join(r['segmenter'])}" for r in tied],
+        "tied": [pair_label(r) for r in tied],
         "winner": label,
         "baseline_wins": bool(args.baseline) and label == args.baseline,
     }
