@@ -376,3 +376,56 @@ def test_training_benchmark_times_a_real_step_and_restores_the_dtype_policy():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert np.isfinite(seconds) and seconds > 0
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run_budget(epoch_s: list[float], budget_s: float, warmup: int, max_epochs: int = 100) -> tuple[list, int]:
+    """Drives TimeBudget through epochs of the given lengths; returns (learning rates, epochs run)."""
+    from types import SimpleNamespace
+
+    clock = _FakeClock()
+    cb = train.TimeBudget(1.0, budget_s, warmup_epochs=warmup, min_lr_fraction=0.01, max_epochs=max_epochs, clock=clock)
+    model = SimpleNamespace(optimizer=SimpleNamespace(learning_rate=None), stop_training=False)
+    cb.set_model(model)
+    cb.on_train_begin()
+    lrs = []
+    for epoch, seconds in enumerate(epoch_s):
+        cb.on_epoch_begin(epoch)
+        lrs.append(model.optimizer.learning_rate)
+        clock.now += seconds
+        logs = {}
+        cb.on_epoch_end(epoch, logs)
+        assert logs["lr"] == pytest.approx(lrs[-1]) and logs["elapsed_s"] == pytest.approx(clock.now)
+        if model.stop_training:
+            return lrs, epoch + 1
+    return lrs, len(epoch_s)
+
+
+def test_time_budget_anneals_to_the_floor_on_the_last_epoch_that_fits_and_stops_there():
+    # 100 s epochs, 450 s budget: four fit. Warm-up, peak, half-way, floor.
+    lrs, ran = _run_budget([100.0] * 10, 450.0, warmup=1)
+    assert ran == 4
+    assert lrs == pytest.approx([0.5, 1.0, 0.505, 0.01])
+
+
+def test_time_budget_follows_a_slower_pace_and_respects_max_epochs():
+    # The pace halves after the first epoch: the plan shrinks from nine epochs
+    # to five as the median catches up, and the fifth still runs at the floor.
+    lrs, ran = _run_budget([100.0] + [200.0] * 9, 900.0, warmup=1)
+    assert ran == 5 and lrs[-1] == pytest.approx(0.01)
+    assert lrs[1] == pytest.approx(1.0) and lrs[1] > lrs[2] > lrs[3] > lrs[4]
+    # max_epochs caps the plan: the third of three epochs is the floor, with time to spare.
+    lrs, ran = _run_budget([10.0] * 10, 1e6, warmup=1, max_epochs=3)
+    assert lrs == pytest.approx([0.5, 1.0, 0.01]) and ran == 3
+
+
+def test_time_budget_gives_a_lone_epoch_after_the_warm_up_half_the_peak():
+    lrs, ran = _run_budget([100.0] * 5, 250.0, warmup=1)
+    assert ran == 2 and lrs == pytest.approx([0.5, 0.505])

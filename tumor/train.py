@@ -196,40 +196,62 @@ def hard_dice_metric(y_true, y_pred):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Cosine learning rate over a wall-time budget, with a linear warm-up.
+    """Cosine learning rate over the epochs that fit a wall-time budget, after a linear warm-up.
 
-    The learning rate is set at each epoch's start from the fraction of the
-    budget used, so the schedule anneals fully whatever the hardware's speed;
-    training stops once the budget is spent or ``max_epochs`` are done.
+    After each epoch the callback predicts how many epochs fit in the budget
+    from the median of the recent epoch times, and sets the learning rate of
+    the next one by its place among those epochs, so that the last epoch that
+    fits runs at the floor (``min_lr_fraction`` of the peak) whatever the
+    hardware's speed. Training stops when the next epoch would overrun the
+    budget or ``max_epochs`` are done.
     """
 
-    def __init__(self, base_lr: float, budget_s: float, warmup_epochs: int = 2, min_lr_fraction: float = 0.01):
+    def __init__(
+        self,
+        base_lr: float,
+        budget_s: float,
+        warmup_epochs: int = 2,
+        min_lr_fraction: float = 0.01,
+        max_epochs: int = 10_000,
+        clock=time.monotonic,
+    ):
         super().__init__()
         self.base_lr, self.budget_s, self.warmup = base_lr, budget_s, warmup_epochs
         self.min_lr = base_lr * min_lr_fraction
+        self.max_epochs, self.clock = max_epochs, clock
         self.t0 = 0.0
         self.epoch_s: list[float] = []
 
     def on_train_begin(self, logs=None):
-        self.t0 = time.monotonic()
+        self.t0 = self.clock()
+
+    def epochs_that_fit(self) -> int:
+        """Epochs done plus those the rest of the budget holds at the recent pace."""
+        done = len(self.epoch_s)
+        if not done:
+            return self.max_epochs
+        typical = float(np.median(self.epoch_s[-3:]))
+        left = self.budget_s - (self.clock() - self.t0)
+        return min(self.max_epochs, done + max(0, int(left // typical)))
+
+    def lr_for(self, epoch: int) -> float:
+        if epoch < self.warmup:
+            return self.base_lr * (epoch + 1) / (self.warmup + 1)
+        last = self.epochs_that_fit() - 1
+        # One epoch after the warm-up: half-way down; otherwise peak to floor.
+        frac = 0.5 if last <= self.warmup else min(1.0, (epoch - self.warmup) / (last - self.warmup))
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * frac))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.monotonic()
-        frac = min(1.0, (time.monotonic() - self.t0) / self.budget_s)
-        if epoch < self.warmup:
-            lr = self.base_lr * (epoch + 1) / (self.warmup + 1)
-        else:
-            lr = self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * frac))
-        self.model.optimizer.learning_rate = lr
+        self._epoch_start = self.clock()
+        self.model.optimizer.learning_rate = self.lr_for(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_s.append(time.monotonic() - self._epoch_start)
+        self.epoch_s.append(self.clock() - self._epoch_start)
         if logs is not None:
             logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            logs["elapsed_s"] = time.monotonic() - self.t0
-        # Stop when the next epoch would overrun the budget.
-        typical = float(np.median(self.epoch_s[-3:]))
-        if time.monotonic() - self.t0 + typical > self.budget_s:
+            logs["elapsed_s"] = self.clock() - self.t0
+        if self.epochs_that_fit() <= len(self.epoch_s):
             self.model.stop_training = True
 
 
@@ -383,7 +405,7 @@ def train(args: argparse.Namespace) -> dict:
 
     optimizer = keras.optimizers.AdamW(learning_rate=args.lr, weight_decay=args.weight_decay)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    budget = TimeBudget(args.lr, args.budget_s, warmup_epochs=args.warmup_epochs)
+    budget = TimeBudget(args.lr, args.budget_s, warmup_epochs=args.warmup_epochs, max_epochs=args.max_epochs)
     saver = SaveBestInner(net, weights_path, monitor, mode)
     log_path = out / f"training_log_{args.kind}.csv"
     t0 = time.monotonic()
