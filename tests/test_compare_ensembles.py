@@ -119,6 +119,8 @@ def test_cli_scores_real_networks_as_the_ensemble_pipeline_does(tmp_path):
     ]
     args += ["--segmenter", f"x={weights / 'segmenter.weights.h5'}"]
     args += ["--classifier-sets", "a", "a+b", "--segmenter-sets", "x", "--baseline", "a+b/x", "--flair-stress"]
+    calibration = tmp_path / "calibration.json"
+    args += ["--write-calibration", str(calibration)]
     compare_ensembles.main(args)
     result = json.loads(out.read_text())
     assert [(r["classifier"], r["segmenter"]) for r in result["pairs"]] == [(["a"], ["x"]), (["a", "b"], ["x"])]
@@ -150,3 +152,25 @@ def test_cli_scores_real_networks_as_the_ensemble_pipeline_does(tmp_path):
     for key in ("tumor_threshold", "mask_threshold", "min_component_fraction"):
         assert row[key] == direct[key]
     assert row["val_score"] == pytest.approx(direct["val_score"], abs=1e-9)
+
+    # The winner's calibration record: its thresholds, its figures with the per-threshold objective, its files.
+    record = json.loads(calibration.read_text())
+    win = next(r for r in result["pairs"] if compare_ensembles.pair_label(r) == result["winner"])
+    keys = ("tumor_threshold", "mask_threshold", "min_component_fraction")
+    assert record["chosen"] == {"flip_tta": registry.flip_tta, **{k: win[k] for k in keys}}
+    (candidate,) = record["candidates"]
+    assert candidate["val_score"] == pytest.approx(win["val_score"], abs=1e-9)
+    assert set(candidate["val_objective_by_mask_threshold"]) == {str(float(t)) for t in evaluate.MASK_THRESHOLDS}
+    shas = result["networks"]["classifier"]
+    assert record["networks"]["classifier"] == {n: shas[n]["sha256"] for n in win["classifier"]}
+    assert result["winner"] in record["note"]
+
+
+def test_calibration_document_takes_the_settings_of_the_best_candidate():
+    low = {"flip_tta": False, "tumor_threshold": 0.5, "mask_threshold": 0.3, "min_component_fraction": 0.0}
+    high = {"flip_tta": True, "tumor_threshold": 0.4, "mask_threshold": 0.2, "min_component_fraction": 0.001}
+    candidates = [{**low, "val_score": 2.60, "val_auc": 0.9}, {**high, "val_score": 2.65, "val_auc": 0.8}]
+    doc = evaluate.calibration_document("val", candidates)
+    assert doc == {"split": "val", "candidates": candidates, "chosen": high}
+    assert evaluate.calibration_document("val", candidates[:1], note="why")["chosen"] == low
+    assert evaluate.calibration_document("val", candidates[:1], note="why")["note"] == "why"

@@ -19,7 +19,9 @@ would score it. The rule (MODEL_CARD, "Rule for a 1.5.0 candidate"):
   with the FLAIR-only LGG sensitivity, for every pair).
 
 Writes every pair's figures and the winner to ``--out``; changes nothing in
-``weights/``.
+``weights/`` unless ``--write-calibration`` names a file there: that file gets
+the winner's ``calibration.json`` record (the figures ``evaluate --calibrate``
+would write, with the objective at every mask threshold).
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ import pandas as pd
 
 from tumor import data
 from tumor import weights as weights_lib
-from tumor.evaluate import LGG, _segmentation, apply_cascade, calibrated_report, flair_only, run_pipeline
+from tumor.evaluate import (
+    LGG,
+    _segmentation,
+    apply_cascade,
+    calibrated_report,
+    calibration_document,
+    flair_only,
+    run_pipeline,
+)
 from tumor.models import TUMOR_TYPES
 from tumor.pipeline import Pipeline
 
@@ -149,6 +159,30 @@ def choose(rows: list[dict], margin: float, tie: float) -> tuple[list[dict], lis
     return tied, notes
 
 
+def calibration_record(
+    res: pd.DataFrame, row: dict, entries: dict[str, dict[str, weights_lib.ModelEntry]], *, split: str, flip_tta: bool
+) -> dict:
+    """The ``calibration.json`` record of one pair, from its averaged outputs ``res`` (``combine``).
+
+    The figures are ``calibrated_report``'s, as ``evaluate --calibrate`` writes
+    them; the pair's networks are named with their sha256, so the record can be
+    matched to the files it was computed from.
+    """
+    report = {"flip_tta": flip_tta, **calibrated_report(res)}
+    if abs(report["val_score"] - row["val_score"]) > 1e-9:  # same outputs, same function: must agree
+        raise RuntimeError(
+            f"Recomputed score {report['val_score']} differs from {row['val_score']} for {pair_label(row)}"
+        )
+    doc = calibration_document(
+        split,
+        [report],
+        note=f"computed by python -m tumor.compare_ensembles on the averaged cached per-network {split} outputs "
+        f"of {pair_label(row)}, flip averaging {'on' if flip_tta else 'off'}; see MODEL_CARD.md",
+    )
+    doc["networks"] = {kind: {n: entries[kind][n].sha256 for n in row[kind]} for kind in KINDS}
+    return doc
+
+
 def _parse_networks(specs: list[str], flag: str) -> dict[str, str]:
     nets = {}
     for spec in specs:
@@ -192,6 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N rows, 0 = all (default: %(default)s)")
     parser.add_argument("--cache", default="runs/cache", help="cache folder for outputs (default: %(default)s)")
     parser.add_argument("--out", default="runs/compare_ensembles.json", help="JSON to write (default: %(default)s)")
+    parser.add_argument(
+        "--write-calibration",
+        default="",
+        metavar="PATH",
+        help="also write the winner's calibration.json record here, e.g. weights/calibration.json (default: none)",
+    )
     args = parser.parse_args(argv)
 
     registry = weights_lib.read_registry(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
@@ -265,6 +305,14 @@ def main(argv: list[str] | None = None) -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_calibration:
+        win = tied[0]
+        res = combine(
+            [nets["classifier"][n] for n in win["classifier"]], [nets["segmenter"][n] for n in win["segmenter"]]
+        )
+        doc = calibration_record(res, win, entries, split=args.split, flip_tta=registry.flip_tta)
+        Path(args.write_calibration).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.write_calibration}: {json.dumps(doc['chosen'])}")
     print(json.dumps({k: result[k] for k in ("tied", "winner", "baseline_wins")} | {"notes": notes}, indent=2))
 
 

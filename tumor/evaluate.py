@@ -295,6 +295,26 @@ def calibrated_report(res: pd.DataFrame, *, by_mask_threshold: bool = True) -> d
     return report
 
 
+def calibration_document(split: str, candidates: list[dict], note: str = "") -> dict:
+    """The ``calibration.json`` record: every candidate's figures and the settings of the best one.
+
+    Args:
+        split: the split the figures come from (``"val"``).
+        candidates: ``{"flip_tta": bool, **calibrated_report(...)}`` per setting tried.
+        note: where the figures come from, kept in the file when given.
+
+    Returns:
+        ``{"split", "candidates", "chosen"[, "note"]}``; ``chosen`` holds the
+        flip setting and thresholds of the candidate with the highest ``val_score``.
+    """
+    best = max(candidates, key=lambda c: c["val_score"])
+    keys = ("flip_tta", "tumor_threshold", "mask_threshold", "min_component_fraction")
+    doc = {"split": split, "candidates": candidates, "chosen": {k: best[k] for k in keys}}
+    if note:
+        doc["note"] = note
+    return doc
+
+
 def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None:
     """Chooses thresholds and flip-TTA on ``df`` and writes them to the weights manifest."""
     from tumor import weights as weights_lib
@@ -305,9 +325,10 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
         pipeline.flip_tta = tta
         candidates[tta] = {"flip_tta": tta, **calibrated_report(run_pipeline(pipeline, df))}
         print(json.dumps(candidates[tta]), flush=True)
-    tta = max(candidates, key=lambda k: candidates[k]["val_score"])
-    best = candidates[tta]
-    tumor_t, mask_t, min_frac = best["tumor_threshold"], best["mask_threshold"], best["min_component_fraction"]
+    doc = calibration_document(args.split, list(candidates.values()))
+    chosen = doc["chosen"]
+    tta = chosen["flip_tta"]
+    tumor_t, mask_t, min_frac = chosen["tumor_threshold"], chosen["mask_threshold"], chosen["min_component_fraction"]
     wdir = Path(args.weights or weights_lib.DEFAULT_WEIGHTS_DIR)
     manifest = json.loads((wdir / weights_lib.MANIFEST_NAME).read_text())
     manifest["thresholds"] = {
@@ -318,10 +339,7 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
     }
     manifest["flip_tta"] = tta
     (wdir / weights_lib.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    chosen = {"flip_tta": tta, "tumor_threshold": tumor_t, "mask_threshold": mask_t, "min_component_fraction": min_frac}
-    (wdir / "calibration.json").write_text(
-        json.dumps({"split": args.split, "candidates": list(candidates.values()), "chosen": chosen}, indent=2) + "\n"
-    )
+    (wdir / "calibration.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({"chosen": chosen}))
 
 
