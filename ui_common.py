@@ -288,6 +288,35 @@ def headline_metrics(metrics: dict | None) -> list[tuple[str, str]]:
     ]
 
 
+INTERVAL_LABELS = {
+    "auc": "AUC",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "type_accuracy": "type accuracy",
+    "lgg_patient_dice_mean": "LGG Dice per patient",
+    "figshare_slice_dice_mean": "figshare Dice per slice",
+}
+
+
+def interval_caption(metrics: dict | None) -> str | None:
+    """The test figures' bootstrap intervals in one line; None when metrics.json holds none that are readable."""
+    intervals = get_path(metrics, "confidence", "intervals")
+    level = get_path(metrics, "confidence", "level")
+    if not isinstance(intervals, dict) or not isinstance(level, (int, float)):
+        return None
+    parts = []
+    for key, label in INTERVAL_LABELS.items():
+        span = intervals.get(key)
+        if isinstance(span, list) and len(span) == 2 and all(isinstance(v, (int, float)) for v in span):
+            parts.append(f"{label} {span[0]:.3f}–{span[1]:.3f}")
+    if not parts:
+        return None
+    return (
+        f"{level:.0%} bootstrap intervals over the test split (whole LGG patients resampled; figshare by slice, "
+        "so its intervals are too narrow): " + " · ".join(parts)
+    )
+
+
 def probability_chart(probabilities: dict[str, float]) -> go.Figure:
     """Horizontal bar chart of the four class probabilities."""
     keys = list(probabilities)

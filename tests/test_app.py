@@ -239,6 +239,32 @@ def test_model_card_renders_what_it_has(monkeypatch, tmp_path, metrics, expected
     assert "non-commercial" in texts(at)
 
 
+@pytest.mark.parametrize(
+    "confidence, shown, hidden",
+    [
+        (
+            {"level": 0.95, "intervals": {"auc": [0.96, 0.99], "lgg_patient_dice_mean": [0.61, 0.84]}},
+            ["95% bootstrap intervals", "AUC 0.960–0.990", "LGG Dice per patient 0.610–0.840"],
+            ["sensitivity 0."],
+        ),
+        (None, [], ["bootstrap intervals"]),
+        ({"level": 0.95, "intervals": {"auc": "wide"}}, [], ["bootstrap intervals"]),
+    ],
+)
+def test_model_card_shows_the_test_intervals_it_has(monkeypatch, tmp_path, confidence, shown, hidden):
+    import json
+
+    metrics = dict(METRICS) if confidence is None else {**METRICS, "confidence": confidence}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
+    at = run_app("views/model_card.py")
+    assert not at.exception, at.exception
+    for words in shown:
+        assert words in texts(at)
+    for words in hidden:
+        assert words not in texts(at)
+
+
 def test_multiframe_dicom_has_a_frame_selector(fake_pipeline):
     at = upload(run_app(), "multi.dcm", dicom_bytes(phantom(), frames=3))
     frame = next(s for s in at.slider if s.label == "Frame")

@@ -89,6 +89,16 @@ def test_evaluate_on_a_gallery_manifest_gives_the_expected_keys(tmp_path):
         assert 0.0 <= m["segmentation"][key] <= 1.0
     assert set(m["per_source"]) == {"lgg_kaggle_3m", "figshare_cheng"}
     assert m["per_source"]["figshare_cheng"]["n_slices"] == 9
+    intervals = m["confidence"]["intervals"]
+    assert set(intervals) == {
+        "auc",
+        "sensitivity",
+        "specificity",
+        "type_accuracy",
+        "lgg_patient_dice_mean",
+        "figshare_slice_dice_mean",
+    }
+    assert all(0.0 <= low <= high <= 1.0 for low, high in intervals.values())
 
 
 def test_train_cli_runs_on_packed_slices_and_writes_its_artefacts(tmp_path):
@@ -429,3 +439,88 @@ def test_time_budget_follows_a_slower_pace_and_respects_max_epochs():
 def test_time_budget_gives_a_lone_epoch_after_the_warm_up_half_the_peak():
     lrs, ran = _run_budget([100.0] * 5, 250.0, warmup=1)
     assert ran == 2 and lrs == pytest.approx([0.5, 0.505])
+
+
+def _bootstrap_row(source, group, label, p, truth_px, pred_px, type_pred="glioma"):
+    truth = np.zeros((10, 10), bool)
+    truth.flat[list(truth_px)] = True
+    pm = np.zeros((10, 10), np.float32)
+    pm.flat[list(pred_px)] = 0.9
+    return {
+        "source": source,
+        "group_id": group,
+        "label": label,
+        "p_tumor": p,
+        "type_pred": type_pred,
+        "truth": truth,
+        "prob_map": pm if p >= 0.5 else None,
+    }
+
+
+def test_bootstrap_resamples_lgg_patients_healthy_groups_and_figshare_slices():
+    from tumor import evaluate
+
+    res = pd.DataFrame(
+        [
+            _bootstrap_row("lgg_kaggle_3m", "A", "glioma", 0.9, range(10), range(10)),
+            _bootstrap_row("lgg_kaggle_3m", "A", "no_tumor", 0.1, [], []),
+            _bootstrap_row("figshare_cheng", "figshare_cvfold4", "glioma", 0.9, range(10), range(10)),
+            _bootstrap_row("figshare_cheng", "figshare_cvfold4", "glioma", 0.9, range(10), range(10)),
+            _bootstrap_row("nickparvar_notumor", "nickparvar_notumor:g1", "no_tumor", 0.1, [], []),
+            _bootstrap_row("nickparvar_notumor", "nickparvar_notumor:g1", "no_tumor", 0.2, [], []),
+        ]
+    )
+    units = evaluate.resampling_units(res).tolist()
+    assert units == ["A", "A", "slice:2", "slice:3", "nickparvar_notumor:g1", "nickparvar_notumor:g1"]
+    assert evaluate.resampling_units(res.drop(columns="group_id")).tolist() == [f"slice:{i}" for i in range(6)]
+
+
+def test_bootstrap_intervals_are_exact_where_the_units_agree_and_spread_where_they_differ():
+    from tumor import evaluate
+
+    # Two LGG patients of two slices each: A outlined exactly (Dice 1), B's tumour slices both missed (Dice 0).
+    rows = [
+        _bootstrap_row("lgg_kaggle_3m", "A", "glioma", 0.9, range(10), range(10)),
+        _bootstrap_row("lgg_kaggle_3m", "A", "no_tumor", 0.1, [], []),
+        _bootstrap_row("lgg_kaggle_3m", "B", "glioma", 0.2, range(10), range(10)),
+        _bootstrap_row("lgg_kaggle_3m", "B", "glioma", 0.3, range(20, 30), range(20, 30)),
+        # figshare: every slice Dice 16/18 and typed right.
+        _bootstrap_row("figshare_cheng", "f4", "meningioma", 0.9, range(10), range(8), "meningioma"),
+        _bootstrap_row("figshare_cheng", "f4", "meningioma", 0.9, range(10), range(8), "meningioma"),
+    ]
+    res = pd.DataFrame(rows)
+    ci = evaluate.bootstrap_intervals(res, 0.5, 0.5, n_resamples=500, seed=3)
+    assert ci["intervals"]["figshare_slice_dice_mean"] == [pytest.approx(16 / 18, abs=1e-4)] * 2
+    assert ci["intervals"]["specificity"] == [1.0, 1.0]  # the only negative slice is always below threshold
+    # Patients are drawn whole: the mean over two draws is 0, 0.5 or 1 with chances 1/4, 1/2, 1/4,
+    # so the central 40% is exactly 0.5 (slice-level draws would give other values).
+    narrow = evaluate.bootstrap_intervals(res, 0.5, 0.5, n_resamples=2000, seed=3, level=0.4)
+    assert narrow["intervals"]["lgg_patient_dice_mean"] == [0.5, 0.5]
+    assert ci["intervals"]["lgg_patient_dice_mean"] == [0.0, 1.0]
+    # The same seed gives the same intervals.
+    assert evaluate.bootstrap_intervals(res, 0.5, 0.5, n_resamples=500, seed=3) == ci
+    # Without negatives, no AUC or specificity interval is claimed.
+    only_tumour = evaluate.bootstrap_intervals(res[res["label"] != "no_tumor"], 0.5, 0.5, n_resamples=50)
+    assert "auc" not in only_tumour["intervals"] and "specificity" not in only_tumour["intervals"]
+
+
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
+def test_card_shows_each_figures_interval_and_how_it_was_drawn():
+    from tumor import card
+
+    metrics = json.loads((ROOT / "weights" / "metrics.json").read_text())
+    metrics.pop("confidence", None)
+    assert "| detection AUC | " in card.render(metrics) and "bootstrap" not in card.render(metrics)
+    metrics["confidence"] = {
+        "level": 0.95,
+        "n_resamples": 2000,
+        "seed": 0,
+        "units": "LGG patient",
+        "intervals": {"auc": [0.9712, 0.9934], "lgg_patient_dice_mean": [0.61, 0.84]},
+    }
+    text = card.render(metrics)
+    lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert " | 0.971–0.993 | 0.97 | " in lines["| detection AUC"]
+    assert " | 0.610–0.840 | 0.8 | " in lines["| LGG Dice per patient (mean)"]
+    assert " | – | 0.9 | " in lines["| sensitivity"]  # no interval given, none shown
+    assert "95% percentile bootstrap (2000 resamples, seed 0)" in text

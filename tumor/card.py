@@ -23,6 +23,15 @@ BARS = {
     "figshare Dice per slice (mean)": ("segmentation", "figshare_slice_dice_mean", 0.75),
     "Dice over all tumour slices (mean)": ("segmentation", "tumor_slice_dice_mean", None),
 }
+# The name of each figure's interval in ``metrics["confidence"]["intervals"]`` (tumor.evaluate.bootstrap_intervals).
+INTERVAL_KEYS = {
+    "auc": "auc",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "accuracy": "type_accuracy",
+    "lgg_patient_dice_mean": "lgg_patient_dice_mean",
+    "figshare_slice_dice_mean": "figshare_slice_dice_mean",
+}
 SOURCES = ("lgg_kaggle_3m", "figshare_cheng", "nickparvar_notumor", "navoneel_no")
 
 
@@ -48,6 +57,17 @@ def _refused_words(refused: dict | None) -> list[str]:
     ]
 
 
+def _interval_words(confidence: dict | None) -> list[str]:
+    if not confidence:
+        return []
+    return [
+        "",
+        f"Intervals: {confidence['level']:.0%} percentile bootstrap ({confidence['n_resamples']} resamples, "
+        f"seed {confidence['seed']}), drawing whole units within each source: {confidence['units']}. "
+        "Slices of one figshare patient are not independent, so the figshare intervals are too narrow.",
+    ]
+
+
 def render(metrics: dict) -> str:
     """Markdown tables: headline figures against the bars, then per source."""
     lines = [
@@ -58,13 +78,16 @@ def render(metrics: dict) -> str:
         "all chosen on the validation split). Command: "
         "`python -m tumor.evaluate --manifest ../shared/data/manifest.csv --split test --out weights/metrics.json`.",
         "",
-        "| metric | test | bar | met |",
-        "|---|---|---|---|",
+        "| metric | test | 95% interval | bar | met |",
+        "|---|---|---|---|---|",
     ]
+    intervals = metrics.get("confidence", {}).get("intervals", {})
     for name, (group, key, bar) in BARS.items():
         value = metrics[group].get(key)
         met = "–" if bar is None or value is None else ("yes" if value >= bar else "**no**")
-        lines.append(f"| {name} | {_fmt(value)} | {'–' if bar is None else bar} | {met} |")
+        interval = intervals.get(INTERVAL_KEYS.get(key, ""))
+        span = "–" if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
+        lines.append(f"| {name} | {_fmt(value)} | {span} | {'–' if bar is None else bar} | {met} |")
     lines += [
         "",
         "| source | slices | tumour / none | AUC | sensitivity | specificity | type accuracy | Dice (tumour slices) |",
@@ -80,7 +103,7 @@ def render(metrics: dict) -> str:
             f"{_fmt(d['sensitivity'])} | {_fmt(d['specificity'])} | {_fmt(t['accuracy'])} | "
             f"{_fmt(s['tumor_slice_dice_mean'])} |"
         )
-    return "\n".join(lines + _refused_words(metrics.get("refused")))
+    return "\n".join(lines + _interval_words(metrics.get("confidence")) + _refused_words(metrics.get("refused")))
 
 
 def replace_block(path: Path, block: str) -> bool:

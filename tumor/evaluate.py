@@ -33,6 +33,7 @@ MASK_THRESHOLDS = np.round(np.arange(0.05, 0.81, 0.05), 2)
 FIGSHARE, LGG = "figshare_cheng", "lgg_kaggle_3m"  # the sources behind the scored segmentation figures
 # Smallest kept mask component, as a fraction of the slice (512 px: 0 to ~1,000 px).
 MIN_COMPONENT_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.004)
+BOOTSTRAP_RESAMPLES = 2000  # replicates behind the 95% intervals of the test figures
 
 
 def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
@@ -183,6 +184,108 @@ def _segmentation(res: pd.DataFrame, mask_threshold: float, min_fraction: float 
         "figshare_slice_dice_mean": float(np.mean(fig)) if fig else None,
         "lgg_patient_dice_mean": float(np.mean(list(patient_dice.values()))) if patient_dice else None,
         "lgg_patient_dice": {k: round(float(v), 4) for k, v in patient_dice.items()},
+    }
+
+
+def resampling_units(res: pd.DataFrame) -> pd.Series:
+    """The unit each row is resampled with in ``bootstrap_intervals``.
+
+    LGG rows go by patient and healthy rows by near-duplicate group (their
+    ``group_id``); figshare rows by slice, because no patient IDs survive in
+    that dataset (its groups are whole folds). Rows without a ``group_id``
+    column count as single slices.
+    """
+    slice_ids = pd.Series([f"slice:{i}" for i in res.index], index=res.index)
+    if "group_id" not in res:
+        return slice_ids
+    units = res["group_id"].astype(str)
+    by_slice = (res.get("source", pd.Series("", index=res.index)) == FIGSHARE) | res["group_id"].isna()
+    return units.where(~by_slice, slice_ids)
+
+
+def bootstrap_intervals(
+    res: pd.DataFrame,
+    tumor_threshold: float,
+    mask_threshold: float,
+    min_fraction: float = 0.0,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Percentile bootstrap intervals of the headline figures, resampling whole units within each source.
+
+    A unit is an LGG patient, a healthy near-duplicate group, or a figshare
+    slice (``resampling_units``); figshare slices of one patient are not
+    independent, so its intervals are too narrow. Each replicate draws, for each
+    source, as many units as it has, with replacement.
+
+    Args:
+        res: ``run_pipeline`` rows with the cascade applied (``prob_map`` None
+            where the segmenter did not run).
+        tumor_threshold, mask_threshold, min_fraction: the shipped settings.
+        n_resamples: bootstrap replicates.
+        seed: seed of the replicates, so a rerun gives the same intervals.
+        level: coverage of the intervals.
+
+    Returns:
+        ``{"level", "n_resamples", "seed", "units", "intervals": {name: [low, high]}}``
+        for ``auc``, ``sensitivity``, ``specificity``, ``type_accuracy``,
+        ``lgg_patient_dice_mean`` and ``figshare_slice_dice_mean``; a figure
+        that the rows cannot give (no negatives, no LGG) is left out.
+    """
+    y = (res["label"] != "no_tumor").to_numpy()
+    p = res["p_tumor"].to_numpy(dtype=float)
+    detected = p >= tumor_threshold
+    type_ok = (res["type_pred"] == res["label"]).to_numpy()
+    sources = res.get("source", pd.Series("", index=res.index)).to_numpy()
+    dice = np.full(len(res), np.nan)
+    counts = np.zeros((len(res), 3), np.int64)  # LGG intersection, prediction, truth
+    for k, (prob_map, truth) in enumerate(zip(res["prob_map"], res["truth"], strict=True)):
+        pred = _mask(prob_map, truth.shape, mask_threshold, min_fraction)
+        counts[k] = (np.logical_and(pred, truth).sum(), pred.sum(), truth.sum())
+        if truth.any():
+            dice[k] = metrics.dice(pred, truth)
+    units = resampling_units(res).to_numpy()
+    rows_of = {u: np.flatnonzero(units == u) for u in dict.fromkeys(units)}
+    strata = [[u for u in rows_of if sources[rows_of[u][0]] == s] for s in dict.fromkeys(sources)]
+    fig, lgg = sources == FIGSHARE, sources == LGG
+
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_resamples):
+        picked = [stratum[j] for stratum in strata for j in rng.choice(len(stratum), len(stratum))]
+        idx = np.concatenate([rows_of[u] for u in picked])
+        yy, dd = y[idx], detected[idx]
+        figures = {}
+        if yy.any() and (~yy).any():
+            figures["auc"] = roc_auc_score(yy, p[idx])
+        if yy.any():
+            figures["sensitivity"] = dd[yy].mean()
+            figures["type_accuracy"] = type_ok[idx][yy].mean()
+        if (~yy).any():
+            figures["specificity"] = (~dd[~yy]).mean()
+        fig_dice = dice[idx][fig[idx] & ~np.isnan(dice[idx])]
+        if len(fig_dice):
+            figures["figshare_slice_dice_mean"] = fig_dice.mean()
+        lgg_units = [u for u in picked if lgg[rows_of[u][0]]]
+        if lgg_units:
+            pooled = np.array([counts[rows_of[u]].sum(axis=0) for u in lgg_units])
+            denom = pooled[:, 1] + pooled[:, 2]
+            per_patient = np.where(denom > 0, 2 * pooled[:, 0] / np.maximum(denom, 1), 1.0)
+            figures["lgg_patient_dice_mean"] = per_patient.mean()
+        for name, value in figures.items():
+            draws.setdefault(name, []).append(float(value))
+    tail = 100 * (1 - level) / 2
+    return {
+        "level": level,
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "units": "LGG patient; healthy near-duplicate group; figshare slice (no patient IDs)",
+        "intervals": {
+            name: [round(float(np.percentile(v, tail)), 4), round(float(np.percentile(v, 100 - tail)), 4)]
+            for name, v in draws.items()
+        },
     }
 
 
@@ -398,6 +501,9 @@ def main(argv: list[str] | None = None) -> None:
     res = run_pipeline(pipeline, df, transform=flair_only if args.flair_only else None)
     result = compute_metrics(res, pipeline.tumor_threshold, pipeline.mask_threshold, pipeline.min_component_fraction)
     result["refused"] = refused_summary(res)
+    result["confidence"] = bootstrap_intervals(
+        res, pipeline.tumor_threshold, pipeline.mask_threshold, pipeline.min_component_fraction
+    )
     result["model_version"] = pipeline.version
     result["weights_sha256"] = pipeline.weights_sha256
     result["manifest"] = Path(args.manifest).name

@@ -168,6 +168,8 @@ st.caption(
 cols = st.columns(5)
 for col, (name, value) in zip(cols, ui.headline_metrics(metrics), strict=False):
     col.metric(name, value)
+if intervals := ui.interval_caption(metrics):
+    st.caption(intervals)
 
 left, right = st.columns(2)
 with left:
