@@ -9,7 +9,7 @@ Every classifier set is then paired with every segmenter set: the pair's
 outputs are the means of its members' outputs, exactly as ``Pipeline`` averages
 them, and each pair is calibrated and scored with ``evaluate.calibrated_report``
 (AUC + type accuracy + segmentation objective), as ``evaluate --calibrate``
-would score it. The rule (MODEL_CARD, "Rule for a 1.5.0 candidate"):
+would score it. The rule (MODEL_CARD, "Rule for a 1.5.0 candidate"; 1.6.0 widened ``--tie`` to 0.01):
 
 - a set of three or more networks of one kind must beat the best pair whose
   set of that kind has at most two by ``--margin`` or more;
