@@ -14,23 +14,15 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# name: (group, key, bar, name of its interval in metrics["confidence"]["intervals"], from evaluate.bootstrap_intervals)
 BARS = {
-    "detection AUC": ("detection", "auc", 0.97),
-    "sensitivity": ("detection", "sensitivity", 0.90),
-    "specificity": ("detection", "specificity", 0.90),
-    "type accuracy (tumour slices)": ("type", "accuracy", 0.90),
-    "LGG Dice per patient (mean)": ("segmentation", "lgg_patient_dice_mean", 0.80),
-    "figshare Dice per slice (mean)": ("segmentation", "figshare_slice_dice_mean", 0.75),
-    "Dice over all tumour slices (mean)": ("segmentation", "tumor_slice_dice_mean", None),
-}
-# The name of each figure's interval in ``metrics["confidence"]["intervals"]`` (tumor.evaluate.bootstrap_intervals).
-INTERVAL_KEYS = {
-    "auc": "auc",
-    "sensitivity": "sensitivity",
-    "specificity": "specificity",
-    "accuracy": "type_accuracy",
-    "lgg_patient_dice_mean": "lgg_patient_dice_mean",
-    "figshare_slice_dice_mean": "figshare_slice_dice_mean",
+    "detection AUC": ("detection", "auc", 0.97, "auc"),
+    "sensitivity": ("detection", "sensitivity", 0.90, "sensitivity"),
+    "specificity": ("detection", "specificity", 0.90, "specificity"),
+    "type accuracy (tumour slices)": ("type", "accuracy", 0.90, "type_accuracy"),
+    "LGG Dice per patient (mean)": ("segmentation", "lgg_patient_dice_mean", 0.80, "lgg_patient_dice_mean"),
+    "figshare Dice per slice (mean)": ("segmentation", "figshare_slice_dice_mean", 0.75, "figshare_slice_dice_mean"),
+    "Dice over all tumour slices (mean)": ("segmentation", "tumor_slice_dice_mean", None, None),
 }
 SOURCES = ("lgg_kaggle_3m", "figshare_cheng", "nickparvar_notumor", "navoneel_no")
 
@@ -82,10 +74,10 @@ def render(metrics: dict) -> str:
         "|---|---|---|---|---|",
     ]
     intervals = metrics.get("confidence", {}).get("intervals", {})
-    for name, (group, key, bar) in BARS.items():
+    for name, (group, key, bar, interval_key) in BARS.items():
         value = metrics[group].get(key)
         met = "–" if bar is None or value is None else ("yes" if value >= bar else "**no**")
-        interval = intervals.get(INTERVAL_KEYS.get(key, ""))
+        interval = intervals.get(interval_key)
         span = "–" if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
         lines.append(f"| {name} | {_fmt(value)} | {span} | {'–' if bar is None else bar} | {met} |")
     lines += [

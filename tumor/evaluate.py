@@ -154,6 +154,22 @@ def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float, m
     return out
 
 
+def _overlaps(res: pd.DataFrame, mask_threshold: float, min_fraction: float = 0.0) -> np.ndarray:
+    """Per row, the pixel counts (intersection, predicted, expert) of the app's mask against the expert one."""
+    counts = np.zeros((len(res), 3), np.int64)
+    for k, (prob_map, truth) in enumerate(zip(res["prob_map"], res["truth"], strict=True)):
+        pred = _mask(prob_map, truth.shape, mask_threshold, min_fraction)
+        counts[k] = (np.logical_and(pred, truth).sum(), pred.sum(), truth.sum())
+    return counts
+
+
+def _dice_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Dice 2|A∩B| / (|A| + |B|) of each (intersection, predicted, expert) row; 1.0 where both are empty."""
+    counts = np.atleast_2d(counts)
+    total = counts[:, 1] + counts[:, 2]
+    return np.where(total > 0, 2.0 * counts[:, 0] / np.maximum(total, 1), 1.0)
+
+
 def _segmentation(res: pd.DataFrame, mask_threshold: float, min_fraction: float = 0.0) -> dict:
     """Dice figures of the rows' masks; a row without a map (segmenter not run) has an empty mask.
 
@@ -164,18 +180,16 @@ def _segmentation(res: pd.DataFrame, mask_threshold: float, min_fraction: float 
     """
     blank = pd.Series("", index=res.index)
     sources, patients = res.get("source", blank), res.get("patient_id", blank)
+    counts = _overlaps(res, mask_threshold, min_fraction)
     dices, fig, pooled = {}, [], {}
-    rows = zip(res.index, res["prob_map"], res["truth"], sources, patients, strict=True)
-    for i, prob_map, truth, source, patient in rows:
-        pred = _mask(prob_map, truth.shape, mask_threshold, min_fraction)
+    for i, row_counts, source, patient in zip(res.index, counts, sources, patients, strict=True):
         if source == LGG:
-            acc = pooled.setdefault(patient, np.zeros(3, np.int64))
-            acc += (int(np.logical_and(pred, truth).sum()), int(pred.sum()), int(truth.sum()))
-        if truth.any():
-            dices[i] = metrics.dice(pred, truth)
+            pooled[patient] = pooled.get(patient, 0) + row_counts
+        if row_counts[2]:  # the expert marked tumour on this slice
+            dices[i] = float(_dice_from_counts(row_counts)[0])
             if source == FIGSHARE:
                 fig.append(dices[i])
-    patient_dice = {p: 2 * i / (ps + ts) if ps + ts else 1.0 for p, (i, ps, ts) in sorted(pooled.items())}
+    patient_dice = {p: float(_dice_from_counts(c)[0]) for p, c in sorted(pooled.items())}
     return {
         "mask_threshold": mask_threshold,
         "min_component_fraction": min_fraction,
@@ -239,13 +253,8 @@ def bootstrap_intervals(
     detected = p >= tumor_threshold
     type_ok = (res["type_pred"] == res["label"]).to_numpy()
     sources = res.get("source", pd.Series("", index=res.index)).to_numpy()
-    dice = np.full(len(res), np.nan)
-    counts = np.zeros((len(res), 3), np.int64)  # LGG intersection, prediction, truth
-    for k, (prob_map, truth) in enumerate(zip(res["prob_map"], res["truth"], strict=True)):
-        pred = _mask(prob_map, truth.shape, mask_threshold, min_fraction)
-        counts[k] = (np.logical_and(pred, truth).sum(), pred.sum(), truth.sum())
-        if truth.any():
-            dice[k] = metrics.dice(pred, truth)
+    counts = _overlaps(res, mask_threshold, min_fraction)
+    dice = np.where(counts[:, 2] > 0, _dice_from_counts(counts), np.nan)  # NaN: no expert tumour on the slice
     units = resampling_units(res).to_numpy()
     rows_of = {u: np.flatnonzero(units == u) for u in dict.fromkeys(units)}
     strata = [[u for u in rows_of if sources[rows_of[u][0]] == s] for s in dict.fromkeys(sources)]
@@ -271,9 +280,7 @@ def bootstrap_intervals(
         lgg_units = [u for u in picked if lgg[rows_of[u][0]]]
         if lgg_units:
             pooled = np.array([counts[rows_of[u]].sum(axis=0) for u in lgg_units])
-            denom = pooled[:, 1] + pooled[:, 2]
-            per_patient = np.where(denom > 0, 2 * pooled[:, 0] / np.maximum(denom, 1), 1.0)
-            figures["lgg_patient_dice_mean"] = per_patient.mean()
+            figures["lgg_patient_dice_mean"] = _dice_from_counts(pooled).mean()
         for name, value in figures.items():
             draws.setdefault(name, []).append(float(value))
     tail = 100 * (1 - level) / 2
