@@ -174,3 +174,107 @@ def test_calibration_document_takes_the_settings_of_the_best_candidate():
     assert doc == {"split": "val", "candidates": candidates, "chosen": high}
     assert evaluate.calibration_document("val", candidates[:1], note="why")["chosen"] == low
     assert evaluate.calibration_document("val", candidates[:1], note="why")["note"] == "why"
+
+
+def test_a_routed_segmenter_set_scores_as_the_routed_pipeline_does(tmp_path):
+    df = data.read_manifest(_gallery_manifest(tmp_path))
+    clf, segs = MeanClassifier(0.1), (BrightSegmenter(1.0), BrightSegmenter(2.0), BrightSegmenter(0.5))
+    singles = [evaluate.run_pipeline(_single(clf, s), df) for s in segs]
+    grey = compare_ensembles.grey_rows(singles[0])
+    assert grey.any() and not grey.all()  # the gallery holds both kinds, so the routing is exercised
+    combined = compare_ensembles.combine(singles[:1], singles[:2], singles[2:], grey)
+    routed = Pipeline(
+        clf,
+        segs[0],
+        classifier_size=32,
+        segmenter_size=48,
+        tumor_threshold=0.0,
+        flip_tta=True,
+        segmenter_inputs="colour",
+        extra_segmenters=(Member(segs[1], 48, inputs="colour"), Member(segs[2], 48, inputs="grey")),
+    )
+    direct = evaluate.run_pipeline(routed, df)
+    for a, b in zip(combined["prob_map"], direct["prob_map"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert evaluate.calibrated_report(combined, by_mask_threshold=False) == pytest.approx(
+        evaluate.calibrated_report(direct, by_mask_threshold=False), abs=1e-6
+    )
+    with pytest.raises(ValueError, match="grey flag per row"):
+        compare_ensembles.combine(singles[:1], singles[:2], singles[2:], None)
+
+
+def test_routed_sets_are_named_and_sized_by_their_larger_half():
+    row = {"classifier": ["a", "b"], "segmenter": ["x", "y"], "segmenter_grey": ["x", "y", "t", "u"]}
+    assert compare_ensembles.pair_label(row) == "a+b/x+y|x+y+t+u"
+    assert compare_ensembles.set_size(row, "segmenter") == 4 and compare_ensembles.set_size(row, "classifier") == 2
+    rows = [dict(row, val_score=2.689), _row("a+b", "x+y", 2.686)]
+    tied, notes = compare_ensembles.choose(rows, margin=0.005, tie=0.0)
+    assert [compare_ensembles.pair_label(r) for r in tied] == ["a+b/x+y"] and len(notes) == 1
+    names = {"x": "p", "y": "p", "t": "p"}
+    parsed = compare_ensembles._parse_sets(["x+y|t", "x"], names, "--s", routed=True)
+    assert parsed == [(("x", "y"), ("t",)), (("x",), None)]
+    with pytest.raises(SystemExit, match="at most one"):
+        compare_ensembles._parse_sets(["x|y"], names, "--classifier-sets")
+    with pytest.raises(SystemExit, match="unknown"):
+        compare_ensembles._parse_sets(["x|z"], names, "--s", routed=True)
+
+
+@pytest.mark.parametrize(
+    ("scores", "margin", "winner"),
+    [
+        ((2.690, 2.694), 0.005, "a/x"),  # a new pair 0.004 ahead: the baseline stays
+        ((2.690, 2.696), 0.005, "a/x|t"),  # 0.006 ahead: the new pair wins
+        ((2.690, 2.694), 0.0, "a/x|t"),  # no margin asked: the best score wins
+        ((2.699, 2.694), 0.005, "a/x"),  # the baseline is the best anyway
+    ],
+)
+def test_a_new_winner_must_lead_the_baseline_by_the_margin(scores, margin, winner):
+    base = _row("a", "x", scores[0])
+    new = dict(_row("a", "x", scores[1]), segmenter_grey=["t"])
+    rows = [base, new]
+    tied, _ = compare_ensembles.choose(rows, margin=0.005, tie=0.0)
+    kept, note = compare_ensembles.keep_baseline(tied, rows, "a/x", margin)
+    assert compare_ensembles.pair_label(kept[0]) == winner
+    assert bool(note) == (winner == "a/x" and scores[1] > scores[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
+def test_cli_runs_extra_segmenters_alone_and_scores_a_routed_set_as_the_routed_pipeline_does(tmp_path):
+    from tumor import weights as weights_lib
+
+    weights = ROOT / "weights"
+    manifest = _gallery_manifest(tmp_path)
+    out = tmp_path / "compare.json"
+    args = ["--manifest", str(manifest), "--split", "all", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    args += ["--classifier", f"a={weights / 'classifier.weights.h5'}"]
+    args += ["--segmenter", f"x={weights / 'segmenter.weights.h5'}"]
+    args += ["--segmenter", f"y={weights / 'segmenter_2.weights.h5'}"]
+    args += ["--classifier-sets", "a", "--segmenter-sets", "x", "x|y", "--baseline", "a/x"]
+    compare_ensembles.main(args)
+    result = json.loads(out.read_text())
+    assert [compare_ensembles.pair_label(r) for r in result["pairs"]] == ["a/x", "a/x|y"]
+    # One pass of a with x, and y alone (no classifier): two cache files, one of them classifier-free.
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("*.pkl"))
+    assert len(cached) == 2 and sum("_none_" in n for n in cached) == 1
+
+    registry = weights_lib.read_registry(weights)
+    clf, x, y = (registry.models[n] for n in ("classifier", "segmenter", "segmenter_2"))
+    routed = Pipeline(
+        weights_lib.load_model(clf),
+        weights_lib.load_model(x),
+        classifier_size=clf.input_size,
+        segmenter_size=x.input_size,
+        classifier_intensity=clf.intensity,
+        segmenter_intensity=x.intensity,
+        tumor_threshold=0.0,
+        flip_tta=registry.flip_tta,
+        segmenter_inputs="colour",
+        extra_segmenters=(Member(weights_lib.load_model(y), y.input_size, y.intensity, "grey"),),
+    )
+    direct = evaluate.calibrated_report(evaluate.run_pipeline(routed, data.read_manifest(manifest)))
+    row = result["pairs"][1]
+    for key in ("tumor_threshold", "mask_threshold", "min_component_fraction"):
+        assert row[key] == direct[key]
+    assert row["val_score"] == pytest.approx(direct["val_score"], abs=1e-6)
+    assert row["val_figshare_slice_dice"] != result["pairs"][0]["val_figshare_slice_dice"]  # the route changed maps

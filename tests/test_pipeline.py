@@ -472,3 +472,109 @@ def test_ensemble_averages_each_members_output_at_its_own_size():
     # The mean of the full map and a half-strength one (resampled from 64 px): about 0.75 of it.
     centre = (slice(25, 35), slice(40, 50))
     np.testing.assert_allclose(a.prob_map[centre], 0.75 * ref[centre], atol=0.05)
+
+
+# --- routing greyscale and colour slices to their own segmenters ----------------------
+
+
+def _colour_slice() -> np.ndarray:
+    """A composite-like slice: the three channels differ (as in the LGG pre/FLAIR/post composites)."""
+    img = _slice()
+    img[10:-10, 10:-10] = (90, 140, 110)
+    return img
+
+
+@pytest.mark.parametrize(
+    ("make", "grey"),
+    [
+        (_slice, True),
+        (_colour_slice, False),
+        # JPEG-like chroma noise of one grey level on a grey slice is still grey.
+        (lambda: np.clip(_slice().astype(int) + np.random.default_rng(0).integers(0, 2, (60, 90, 3)), 0, 255), True),
+        # One channel changed on a small region only (a coloured annotation): the mean spread stays small.
+        (lambda: np.where(np.arange(60)[:, None, None] < 2, _colour_slice(), _slice()), True),
+    ],
+)
+def test_is_grey_tells_single_sequence_slices_from_composites(make, grey):
+    from tumor.pipeline import is_grey
+
+    assert is_grey(np.asarray(make(), np.uint8)) is grey
+
+
+def test_segmenters_are_routed_by_the_slices_kind_and_all_members_see_every_slice():
+    from tumor.pipeline import Member
+
+    colour_seg, grey_seg, every_seg = StubSegmenter(), ScaledSegmenter(0.5), ScaledSegmenter(0.25)
+    pipe = Pipeline(
+        StubClassifier((0.0, 1.0, 0.0, 0.0)),
+        colour_seg,
+        classifier_size=32,
+        segmenter_size=32,
+        tumor_threshold=0.5,
+        segmenter_inputs="colour",
+        extra_segmenters=(Member(grey_seg, 32, inputs="grey"), Member(every_seg, 32)),
+    )
+    reference = Pipeline(
+        StubClassifier((0.0, 1.0, 0.0, 0.0)), StubSegmenter(), classifier_size=32, segmenter_size=32
+    ).segment(_slice())
+    grey_map = pipe.segment(_slice())
+    assert (colour_seg.calls, grey_seg.calls, every_seg.calls) == (0, 1, 1)
+    np.testing.assert_allclose(grey_map, (0.5 + 0.25) / 2 * reference, atol=1e-6)
+    colour_map = pipe.segment(_colour_slice())
+    assert (colour_seg.calls, grey_seg.calls, every_seg.calls) == (1, 1, 2)
+    np.testing.assert_allclose(colour_map, (1.0 + 0.25) / 2 * reference, atol=1e-6)
+    # analyze takes the same route: the map it keeps is the routed one.
+    np.testing.assert_allclose(pipe.analyze(_slice()).prob_map, grey_map)
+
+
+def test_routing_with_no_segmenter_for_a_kind_of_slice_is_an_error():
+    from tumor.pipeline import Member
+
+    pipe = Pipeline(
+        StubClassifier((0.0, 1.0, 0.0, 0.0)),
+        StubSegmenter(),
+        classifier_size=32,
+        segmenter_size=32,
+        segmenter_inputs="colour",
+        extra_segmenters=(Member(StubSegmenter(), 32, inputs="colour"),),
+    )
+    with pytest.raises(RuntimeError, match="No segmenter is routed to grey slices"):
+        pipe.segment(_slice())
+
+
+def test_registry_reads_segmenter_routes_and_the_pipeline_loads_them(tmp_path, monkeypatch):
+    d = _fake_weights_dir(
+        tmp_path,
+        members={
+            "segmenter": {"kind": "segmenter", "input_size": 32, "inputs": "colour"},
+            "segmenter_2": {"kind": "segmenter", "input_size": 48, "inputs": "grey"},
+        },
+    )
+    raw = json.loads((d / "manifest.json").read_text())
+    assert raw["models"]["segmenter_2"]["inputs"] == "grey" and "inputs" not in raw["models"]["classifier"]
+    reg = weights_lib.read_registry(d)
+    assert {n: e.inputs for n, e in reg.models.items()} == {
+        "classifier": "all",
+        "segmenter": "colour",
+        "segmenter_2": "grey",
+    }
+    monkeypatch.setattr(weights_lib, "load_model", lambda entry, verified=False: StubSegmenter())
+    pipe = Pipeline.from_weights_dir(d)
+    assert [(m.size, m.inputs) for m in pipe.segmenters] == [(32, "colour"), (48, "grey")]
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "match"),
+    [
+        ("segmenter_2", "gray", "inputs='gray'"),  # a misspelt route
+        ("classifier", "grey", "classifier 'classifier' to inputs='grey'"),  # classifiers see every slice
+        ("segmenter", "grey", "no segmenter for colour slices"),  # both segmenters grey: colour has none
+    ],
+)
+def test_registry_refuses_unknown_or_incomplete_routes(tmp_path, name, inputs, match):
+    d = _fake_weights_dir(tmp_path, members={"segmenter_2": {"kind": "segmenter", "input_size": 32, "inputs": "grey"}})
+    raw = json.loads((d / "manifest.json").read_text())
+    raw["models"][name]["inputs"] = inputs
+    (d / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match=match):
+        weights_lib.read_registry(d)

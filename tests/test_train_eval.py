@@ -281,6 +281,22 @@ def test_oversample_repeats_only_the_chosen_source_and_label():
             train.oversample(np.array([0, 1]), arrays, [bad])
 
 
+def test_keep_sources_keeps_every_array_aligned_and_refuses_an_unknown_source():
+    arrays = {
+        "images": np.arange(5)[:, None, None, None] * np.ones((5, 2, 2, 3), np.uint8),
+        "labels": np.array([1, 0, 2, 1, 0]),
+        "sources": np.array(["figshare_cheng", "lgg_kaggle_3m", "figshare_cheng", "lgg_kaggle_3m", "navoneel_no"]),
+    }
+    kept = train.keep_sources(arrays, ["figshare_cheng", "navoneel_no"])
+    np.testing.assert_array_equal(kept["images"][:, 0, 0, 0], [0, 2, 4])
+    np.testing.assert_array_equal(kept["labels"], [1, 2, 0])
+    assert list(kept["sources"]) == ["figshare_cheng", "figshare_cheng", "navoneel_no"]
+    assert train.keep_sources(arrays, []) is arrays
+    with pytest.raises(ValueError, match="--source figshare matches no slice"):
+        train.keep_sources(arrays, ["figshare"])
+    assert train.parse_args(["segmenter", "--source", "a", "--source", "b"]).source == ["a", "b"]
+
+
 def test_flair_only_evaluation_feeds_the_pipeline_grey_slices(tmp_path):
     from tumor import evaluate
     from tumor.pipeline import Pipeline

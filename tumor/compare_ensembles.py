@@ -18,6 +18,13 @@ would score it. The rule (MODEL_CARD, "Rule for a 1.5.0 candidate"; 1.6.0 widene
   own calibrated thresholds, cascade applied (``--flair-stress`` reports it,
   with the FLAIR-only LGG sensitivity, for every pair).
 
+A segmenter set may be routed, as ``COLOUR|GREY`` (``g+r14|T+U``): colour
+slices are segmented by the first set and greyscale ones (``Pipeline``'s
+``is_grey``) by the second, as a manifest with ``inputs`` routes them. Its size,
+for the margin, is that of its larger half. Segmenters beyond the number of
+classifiers run without a classifier (a constant stand-in), so adding a
+segmenter costs one segmenter pass only.
+
 Writes every pair's figures and the winner to ``--out``; changes nothing in
 ``weights/`` unless ``--write-calibration`` names a file there: that file gets
 the winner's ``calibration.json`` record (the figures ``evaluate --calibrate``
@@ -46,8 +53,9 @@ from tumor.evaluate import (
     flair_only,
     run_pipeline,
 )
-from tumor.models import TUMOR_TYPES
-from tumor.pipeline import Pipeline
+from tumor.io import read_image
+from tumor.models import CLASS_NAMES, TUMOR_TYPES
+from tumor.pipeline import Pipeline, is_grey
 
 KINDS = ("classifier", "segmenter")
 
@@ -66,8 +74,13 @@ def _entry(kind: str, name: str, path: str, template: weights_lib.ModelEntry) ->
     )
 
 
+def _no_classifier(x, training=False):
+    """A stand-in classifier for segmenter-only passes: uniform probabilities (never scored)."""
+    return np.full((len(x), len(CLASS_NAMES)), 1.0 / len(CLASS_NAMES), np.float32)
+
+
 def network_outputs(
-    classifier: weights_lib.ModelEntry,
+    classifier: weights_lib.ModelEntry | None,
     segmenter: weights_lib.ModelEntry,
     df: pd.DataFrame,
     *,
@@ -80,38 +93,58 @@ def network_outputs(
 
     The cache file is named by both files' hashes, ``tag`` (split, source and
     stress options) and the flip setting, so a changed file is never read from
-    an old cache.
+    an old cache. With ``classifier`` None only the segmenter runs: the rows'
+    classifier columns are then a constant and must not be used.
     """
-    key = f"{tag}_tta{int(flip_tta)}_{classifier.sha256[:12]}_{segmenter.sha256[:12]}.pkl"
+    clf_key = classifier.sha256[:12] if classifier else "none"
+    key = f"{tag}_tta{int(flip_tta)}_{clf_key}_{segmenter.sha256[:12]}.pkl"
     path = cache_dir / key
     if path.is_file():
         return pd.read_pickle(path)
     pipeline = Pipeline(
-        weights_lib.load_model(classifier),
+        weights_lib.load_model(classifier) if classifier else _no_classifier,
         weights_lib.load_model(segmenter),
-        classifier_size=classifier.input_size,
+        classifier_size=classifier.input_size if classifier else segmenter.input_size,
         segmenter_size=segmenter.input_size,
-        classifier_intensity=classifier.intensity,
+        classifier_intensity=classifier.intensity if classifier else "unit",
         segmenter_intensity=segmenter.intensity,
         tumor_threshold=0.0,  # segment every slice, so that any threshold can be applied afterwards
         flip_tta=flip_tta,
     )
     t0 = time.monotonic()
     res = run_pipeline(pipeline, df, transform=transform)
-    print(f"{classifier.name} + {segmenter.name} on {tag}: {len(res)} slices, {time.monotonic() - t0:.0f}s", flush=True)
+    name = classifier.name if classifier else "(no classifier)"
+    print(f"{name} + {segmenter.name} on {tag}: {len(res)} slices, {time.monotonic() - t0:.0f}s", flush=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     res.to_pickle(path)
     return res
 
 
-def combine(clf_outputs: list[pd.DataFrame], seg_outputs: list[pd.DataFrame]) -> pd.DataFrame:
+def grey_rows(res: pd.DataFrame, transform=None) -> np.ndarray:
+    """Whether each row's slice, as the pipeline saw it (after ``transform``), is greyscale (``is_grey``)."""
+    flags = []
+    for image_file in res["image_file"]:
+        rgb = read_image(image_file)
+        flags.append(is_grey(transform(rgb) if transform is not None else rgb))
+    return np.array(flags, bool)
+
+
+def combine(
+    clf_outputs: list[pd.DataFrame],
+    seg_outputs: list[pd.DataFrame],
+    grey_outputs: list[pd.DataFrame] | None = None,
+    grey: np.ndarray | None = None,
+) -> pd.DataFrame:
     """The rows an ensemble of these networks would give: means of their outputs, as ``Pipeline`` takes them.
+
+    With ``grey_outputs``, rows flagged in ``grey`` take the mean of those
+    segmenters instead (a routed set: ``Pipeline.segmenters_for``).
 
     Every frame must hold the same rows in the same order (the same split,
     read by ``run_pipeline``).
     """
     base = clf_outputs[0]
-    for other in [*clf_outputs, *seg_outputs]:
+    for other in [*clf_outputs, *seg_outputs, *(grey_outputs or [])]:
         if not other["image_file"].equals(base["image_file"]):
             raise ValueError("Cached outputs hold different rows; rerun them on the same split.")
     out = base.drop(columns=["prob_map"]).copy()
@@ -122,12 +155,25 @@ def combine(clf_outputs: list[pd.DataFrame], seg_outputs: list[pd.DataFrame]) ->
     out["pred"] = out["type_pred"]  # tumour threshold 0: every slice is positive
     maps = zip(*(r["prob_map"] for r in seg_outputs), strict=True)
     out["prob_map"] = [np.clip(np.mean(m, axis=0), 0.0, 1.0).astype(np.float32) for m in maps]
+    if grey_outputs:
+        if grey is None or len(grey) != len(out):
+            raise ValueError("A routed segmenter set needs one grey flag per row.")
+        grey_maps = zip(*(r["prob_map"] for r in grey_outputs), strict=True)
+        for i, m in enumerate(grey_maps):
+            if grey[i]:
+                out.at[i, "prob_map"] = np.clip(np.mean(m, axis=0), 0.0, 1.0).astype(np.float32)
     return out
 
 
+def set_size(row: dict, kind: str) -> int:
+    """How many networks of ``kind`` a slice of ``row``'s pair meets at most (a routed set: its larger half)."""
+    return max(len(row[kind]), len(row.get(f"{kind}_grey") or []))
+
+
 def pair_label(row: dict) -> str:
-    """A pair's name, as ``--baseline`` takes it: ``CLF+CLF/SEG+SEG``."""
-    return f"{'+'.join(row['classifier'])}/{'+'.join(row['segmenter'])}"
+    """A pair's name, as ``--baseline`` takes it: ``CLF+CLF/SEG+SEG``, or ``CLF+CLF/SEG+SEG|GREY+GREY`` if routed."""
+    grey = f"|{'+'.join(row['segmenter_grey'])}" if row.get("segmenter_grey") else ""
+    return f"{'+'.join(row['classifier'])}/{'+'.join(row['segmenter'])}{grey}"
 
 
 def choose(rows: list[dict], margin: float, tie: float) -> tuple[list[dict], list[str]]:
@@ -143,11 +189,11 @@ def choose(rows: list[dict], margin: float, tie: float) -> tuple[list[dict], lis
     """
     eligible, notes = list(rows), []
     for kind in KINDS:
-        small = [r for r in eligible if len(r[kind]) <= 2]
+        small = [r for r in eligible if set_size(r, kind) <= 2]
         if not small:
             continue
         floor = max(r["val_score"] for r in small) + margin
-        dropped = [r for r in eligible if len(r[kind]) > 2 and r["val_score"] < floor]
+        dropped = [r for r in eligible if set_size(r, kind) > 2 and r["val_score"] < floor]
         if dropped:
             notes.append(
                 f"{len(dropped)} pairs with three or more {kind}s score under the best pair with at most two "
@@ -157,6 +203,21 @@ def choose(rows: list[dict], margin: float, tie: float) -> tuple[list[dict], lis
     top = max(r["val_score"] for r in eligible)
     tied = sorted((r for r in eligible if top - r["val_score"] <= tie), key=lambda r: -r["val_score"])
     return tied, notes
+
+
+def keep_baseline(tied: list[dict], rows: list[dict], baseline: str, margin: float) -> tuple[list[dict], str]:
+    """The baseline pair instead of a new winner that leads it on score by less than ``margin``.
+
+    Returns:
+        ``(tied, note)``: ``tied`` unchanged (note empty) when the winner is the
+        baseline, leads it by ``margin`` or more, or there is no baseline row;
+        else ``[baseline row]`` and a sentence saying why.
+    """
+    base = next((r for r in rows if pair_label(r) == baseline), None)
+    lead = tied[0]["val_score"] - base["val_score"] if base is not None else 0.0
+    if base is None or pair_label(tied[0]) == baseline or lead >= margin:
+        return tied, ""
+    return [base], f"{pair_label(tied[0])} leads the baseline by {lead:.4f}, under --baseline-margin {margin}: kept"
 
 
 def calibration_record(
@@ -180,6 +241,8 @@ def calibration_record(
         f"of {pair_label(row)}, flip averaging {'on' if flip_tta else 'off'}; see MODEL_CARD.md",
     )
     doc["networks"] = {kind: {n: entries[kind][n].sha256 for n in row[kind]} for kind in KINDS}
+    if row.get("segmenter_grey"):
+        doc["networks"]["segmenter_grey"] = {n: entries["segmenter"][n].sha256 for n in row["segmenter_grey"]}
     return doc
 
 
@@ -193,14 +256,21 @@ def _parse_networks(specs: list[str], flag: str) -> dict[str, str]:
     return nets
 
 
-def _parse_sets(specs: list[str], names: dict[str, str], flag: str) -> list[tuple[str, ...]]:
+def _parse_sets(specs: list[str], names: dict[str, str], flag: str, routed: bool = False) -> list[tuple]:
+    """``NAME+NAME`` sets as tuples; with ``routed``, ``COLOUR|GREY`` as ``(colour, grey)`` (grey None if absent)."""
     sets = []
     for spec in specs:
-        members = tuple(spec.split("+"))
-        unknown = [m for m in members if m not in names]
-        if unknown or len(set(members)) != len(members):
-            raise SystemExit(f"{flag} {spec!r} names unknown or repeated networks; known: {sorted(names)}")
-        sets.append(members)
+        halves = spec.split("|")
+        if len(halves) > 1 + routed:
+            raise SystemExit(f"{flag} {spec!r}: at most one '|' (COLOUR|GREY), and only in segmenter sets")
+        parsed = []
+        for half in halves:
+            members = tuple(half.split("+"))
+            unknown = [m for m in members if m not in names]
+            if unknown or len(set(members)) != len(members):
+                raise SystemExit(f"{flag} {spec!r} names unknown or repeated networks; known: {sorted(names)}")
+            parsed.append(members)
+        sets.append((parsed[0], parsed[1] if len(parsed) > 1 else None) if routed else parsed[0])
     return sets
 
 
@@ -218,6 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default="", help="the shipped pair, as CLF+CLF/SEG+SEG (default: none)")
     parser.add_argument("--margin", type=float, default=0.005, help="lead a 3-network set needs (default: %(default)s)")
     parser.add_argument("--tie", type=float, default=0.003, help="scores this close are tied (default: %(default)s)")
+    parser.add_argument(
+        "--baseline-margin",
+        type=float,
+        default=0.0,
+        help="lead over --baseline a new winner needs, else the baseline stays (default: %(default)s)",
+    )
     parser.add_argument(
         "--flair-stress",
         action="store_true",
@@ -239,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     paths["segmenter"] = _parse_networks(args.segmenter, "--segmenter")
     sets = {
         "classifier": _parse_sets(args.classifier_sets, paths["classifier"], "--classifier-sets"),
-        "segmenter": _parse_sets(args.segmenter_sets, paths["segmenter"], "--segmenter-sets"),
+        "segmenter": _parse_sets(args.segmenter_sets, paths["segmenter"], "--segmenter-sets", routed=True),
     }
     entries = {kind: {n: _entry(kind, n, p, registry.models[kind]) for n, p in paths[kind].items()} for kind in KINDS}
     df = data.read_manifest(args.manifest)
@@ -251,35 +327,53 @@ def main(argv: list[str] | None = None) -> None:
     cache = Path(args.cache)
 
     def outputs(frame: pd.DataFrame, tag: str, transform=None) -> dict[str, dict[str, pd.DataFrame]]:
-        """Per-network outputs: networks of the two kinds run side by side, in pairs, to halve the passes."""
+        """Per-network outputs: networks of the two kinds run side by side, in pairs, to halve the passes.
+
+        Segmenters beyond the classifiers run alone; classifiers beyond the
+        segmenters run with the last segmenter.
+        """
         clfs, segs = list(entries["classifier"].values()), list(entries["segmenter"].values())
         out: dict[str, dict[str, pd.DataFrame]] = {"classifier": {}, "segmenter": {}}
         for i in range(max(len(clfs), len(segs))):
-            c, s = clfs[min(i, len(clfs) - 1)], segs[min(i, len(segs) - 1)]
+            c = clfs[i] if i < len(clfs) else None
+            s = segs[min(i, len(segs) - 1)]
             res = network_outputs(
                 c, s, frame, flip_tta=registry.flip_tta, cache_dir=cache, tag=tag, transform=transform
             )
-            out["classifier"].setdefault(c.name, res)
+            if c is not None:
+                out["classifier"].setdefault(c.name, res)
             out["segmenter"].setdefault(s.name, res)
         return out
 
+    def pair_outputs(nets: dict, row: dict, grey: np.ndarray | None) -> pd.DataFrame:
+        grey_set = row.get("segmenter_grey")
+        return combine(
+            [nets["classifier"][n] for n in row["classifier"]],
+            [nets["segmenter"][n] for n in row["segmenter"]],
+            [nets["segmenter"][n] for n in grey_set] if grey_set else None,
+            grey,
+        )
+
+    routed = any(g for _, g in sets["segmenter"])
     tag = f"{Path(args.manifest).stem}_{args.split}_n{len(df)}"
     nets = outputs(df, tag)
+    grey = grey_rows(next(iter(nets["segmenter"].values()))) if routed else None
     rows = []
-    for c_set, s_set in itertools.product(sets["classifier"], sets["segmenter"]):
-        res = combine([nets["classifier"][n] for n in c_set], [nets["segmenter"][n] for n in s_set])
-        row = {"classifier": list(c_set), "segmenter": list(s_set), **calibrated_report(res, by_mask_threshold=False)}
+    for c_set, (s_set, g_set) in itertools.product(sets["classifier"], sets["segmenter"]):
+        row = {"classifier": list(c_set), "segmenter": list(s_set)}
+        if g_set:
+            row["segmenter_grey"] = list(g_set)
+        row.update(calibrated_report(pair_outputs(nets, row, grey), by_mask_threshold=False))
         rows.append(row)
-        print(json.dumps({k: row[k] for k in ("classifier", "segmenter", "tumor_threshold", "val_score")}), flush=True)
+        print(json.dumps({"pair": pair_label(row)} | {k: row[k] for k in ("tumor_threshold", "val_score")}), flush=True)
 
     tied, notes = choose(rows, args.margin, args.tie)
     if len(tied) > 1 or args.flair_stress:  # LGG with every slice made FLAIR-only, at each pair's own thresholds
         lgg = df[df["source"] == LGG]
         stress = outputs(lgg, f"{tag}_lgg_flair", transform=flair_only)
+        stress_grey = grey_rows(next(iter(stress["segmenter"].values())), transform=flair_only) if routed else None
         for row in rows if args.flair_stress else tied:
-            res = combine(
-                [stress["classifier"][n] for n in row["classifier"]], [stress["segmenter"][n] for n in row["segmenter"]]
-            )
+            res = pair_outputs(stress, row, stress_grey)
             y = (res["label"] != "no_tumor").to_numpy()
             row["val_lgg_sensitivity_flair_only"] = float(
                 (res["p_tumor"].to_numpy()[y] >= row["tumor_threshold"]).mean()
@@ -289,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             row["val_lgg_patient_dice_flair_only"] = seg["lgg_patient_dice_mean"]
         tied.sort(key=lambda r: -r["val_lgg_patient_dice_flair_only"])  # the tie-break
+    tied, note = keep_baseline(tied, rows, args.baseline, args.baseline_margin)
+    notes += [note] if note else []
     label = pair_label(tied[0])
     result = {
         "split": args.split,
@@ -297,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         "networks": {
             kind: {n: {"path": str(e.path), "sha256": e.sha256} for n, e in entries[kind].items()} for kind in KINDS
         },
-        "rule": {"margin": args.margin, "tie": args.tie, "notes": notes},
+        "rule": {"margin": args.margin, "tie": args.tie, "baseline_margin": args.baseline_margin, "notes": notes},
         "pairs": rows,
         "tied": [pair_label(r) for r in tied],
         "winner": label,
@@ -307,9 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if args.write_calibration:
         win = tied[0]
-        res = combine(
-            [nets["classifier"][n] for n in win["classifier"]], [nets["segmenter"][n] for n in win["segmenter"]]
-        )
+        res = pair_outputs(nets, win, grey)
         doc = calibration_record(res, win, entries, split=args.split, flip_tta=registry.flip_tta)
         Path(args.write_calibration).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.write_calibration}: {json.dumps(doc['chosen'])}")

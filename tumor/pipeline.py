@@ -36,6 +36,19 @@ DISPLAY_NAMES = {
 }
 
 
+# A slice is greyscale when its channels differ by at most this many grey levels,
+# averaged over its pixels. Measured on the packed training data: figshare T1-CE
+# slices 0.03 or less, healthy sets 0.51 or less; LGG composites 5.7 at their
+# 5th percentile (0 only for slices whose sequences are all the same).
+GREY_TOLERANCE = 1.0
+
+
+def is_grey(rgb: np.ndarray) -> bool:
+    """Whether an RGB uint8 slice is greyscale (a single sequence), not a multi-sequence colour composite."""
+    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+    return float(spread.mean()) <= GREY_TOLERANCE
+
+
 def threshold_mask(prob_map: np.ndarray, threshold: float, min_component_fraction: float = 0.0) -> np.ndarray:
     """The tumour mask of a probability map: the one rule the app and ``evaluate`` share.
 
@@ -192,11 +205,14 @@ class Member:
         model: maps a preprocessed batch to the outputs of its kind.
         size: its input side in pixels.
         intensity: its input scaling, one of ``tumor.models.INTENSITY_MODES``.
+        inputs: which slices it sees (segmenters): "all", "grey" or "colour"
+            (``tumor.weights.INPUT_ROUTES``, ``is_grey``).
     """
 
     model: object
     size: int
     intensity: str = "unit"
+    inputs: str = "all"
 
 
 class Pipeline:
@@ -222,7 +238,10 @@ class Pipeline:
         extra_classifiers: further classifiers (``Member``); P(class) is the
             mean over the classifier and these. Grad-CAM explains the first.
         extra_segmenters: further segmenters; the probability map is the mean
-            over the segmenter and these.
+            over the segmenter and these, those routed to the slice's kind
+            (``Member.inputs``) only.
+        segmenter_inputs: which slices the first segmenter sees ("all",
+            "grey" or "colour").
     """
 
     def __init__(
@@ -243,11 +262,15 @@ class Pipeline:
         segmenter_intensity: str = "unit",
         extra_classifiers: tuple[Member, ...] = (),
         extra_segmenters: tuple[Member, ...] = (),
+        segmenter_inputs: str = "all",
     ):
         self.classifier = classifier
         # Every network of each kind, the first one first: what classify and segment average over.
         self.classifiers = (Member(classifier, classifier_size, classifier_intensity), *extra_classifiers)
-        self.segmenters = (Member(segmenter, segmenter_size, segmenter_intensity), *extra_segmenters)
+        self.segmenters = (
+            Member(segmenter, segmenter_size, segmenter_intensity, segmenter_inputs),
+            *extra_segmenters,
+        )
         self.classifier_intensity = classifier_intensity
         self.segmenter_intensity = segmenter_intensity
         self.flip_tta = flip_tta
@@ -279,7 +302,9 @@ class Pipeline:
 
         def extras(kind: str) -> tuple[Member, ...]:
             members = registry.members(kind)[1:]
-            return tuple(Member(weights_lib.load_model(e, verified=True), e.input_size, e.intensity) for e in members)
+            return tuple(
+                Member(weights_lib.load_model(e, verified=True), e.input_size, e.intensity, e.inputs) for e in members
+            )
 
         return cls(
             classifier,
@@ -297,6 +322,7 @@ class Pipeline:
             segmenter_intensity=registry.models["segmenter"].intensity,
             extra_classifiers=extras("classifier"),
             extra_segmenters=extras("segmenter"),
+            segmenter_inputs=registry.models["segmenter"].inputs,
         )
 
     def classify(self, rgb: np.ndarray) -> np.ndarray:
@@ -311,10 +337,22 @@ class Pipeline:
             raise RuntimeError(f"The classifier returned an invalid output. Received: {probs!r}")
         return probs
 
+    def segmenters_for(self, rgb: np.ndarray) -> tuple[Member, ...]:
+        """The segmenters routed to this slice: those for every slice and those for its kind (grey or colour)."""
+        route = "grey" if is_grey(rgb) else "colour"
+        members = tuple(m for m in self.segmenters if m.inputs in ("all", route))
+        if not members:
+            raise RuntimeError(f"No segmenter is routed to {route} slices; the weights manifest must give one.")
+        return members
+
     def segment(self, rgb: np.ndarray) -> np.ndarray:
-        """Tumour probability map (H, W) float32 for one RGB uint8 slice: the mean over the segmenters."""
+        """Tumour probability map (H, W) float32 for one RGB uint8 slice: the mean over its segmenters.
+
+        The segmenters are those routed to the slice (``segmenters_for``): all of
+        them unless the manifest routes some to greyscale or colour slices only.
+        """
         maps = []
-        for m in self.segmenters:
+        for m in self.segmenters_for(rgb):
             square, frame = to_model_square(rgb, m.size)
             batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
             pred = np.asarray(m.model(preprocess_segmenter(batch, m.intensity), training=False), np.float32)[..., 0]

@@ -323,18 +323,35 @@ def oversample(indices: np.ndarray, arrays: dict[str, np.ndarray], specs: list[s
     return np.sort(np.concatenate(out))
 
 
+def keep_sources(arrays: dict[str, np.ndarray], sources: list[str]) -> dict[str, np.ndarray]:
+    """The slices of ``arrays`` whose source is in ``sources`` (all of them when it is empty).
+
+    Raises:
+        ValueError: a named source has no slice, so a typo cannot train on nothing.
+    """
+    if not sources:
+        return arrays
+    missing = sorted(set(sources) - set(arrays["sources"].tolist()))
+    if missing:
+        known = sorted(set(arrays["sources"].tolist()))
+        raise ValueError(f"--source {', '.join(missing)} matches no slice; the sources here are {known}")
+    keep = np.isin(arrays["sources"], sources)
+    return {k: v[keep] for k, v in arrays.items()}
+
+
 def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
     from tumor import data
 
     if args.packed:
-        return data.load_packed(Path(args.packed) / f"{split}.npz")
-    df = data.load_split(data.read_manifest(args.manifest))
-    df = df[df["split"] == split]
-    if args.limit:
-        df = df.groupby("label", group_keys=False).head(args.limit)
-    arrays = data.load_arrays(df, args.size)
-    arrays["sources"] = df["source"].to_numpy()
-    return arrays
+        arrays = data.load_packed(Path(args.packed) / f"{split}.npz")
+    else:
+        df = data.load_split(data.read_manifest(args.manifest))
+        df = df[df["split"] == split]
+        if args.limit:
+            df = df.groupby("label", group_keys=False).head(args.limit)
+        arrays = data.load_arrays(df, args.size)
+        arrays["sources"] = df["source"].to_numpy()
+    return keep_sources(arrays, args.source)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -492,6 +509,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="SOURCE:LABEL=K",
         help="repeat the training slices of a source and label K times, e.g. figshare_cheng:glioma=2 (repeatable)",
+    )
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="train and validate on this source only (repeatable; default: every source)",
     )
     p.add_argument("--resume", default="", help="inner-network weights to start from (default: none)")
     p.add_argument(

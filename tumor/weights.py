@@ -19,6 +19,10 @@ DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST_NAME = "manifest.json"
 METRICS_NAME = "metrics.json"
 MODEL_KINDS = ("classifier", "segmenter")
+# Which slices a segmenter sees: every slice, greyscale ones only (the three
+# channels agree: T1-CE and most uploads) or colour ones only (the LGG
+# pre-contrast/FLAIR/post-contrast composites). See ``tumor.pipeline.is_grey``.
+INPUT_ROUTES = ("all", "grey", "colour")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class ModelEntry:
         intensity: input intensity scaling the model was trained with, one of
             ``tumor.models.INTENSITY_MODES`` ("unit" when the manifest is silent,
             as it is for models up to 1.2).
+        inputs: which slices a segmenter sees, one of ``INPUT_ROUTES`` ("all"
+            when the manifest is silent, as it is up to 1.7).
     """
 
     kind: str
@@ -46,6 +52,7 @@ class ModelEntry:
     build_kwargs: dict
     intensity: str = "unit"
     name: str = ""
+    inputs: str = "all"
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
                 input_size=int(entry["input_size"]),
                 build_kwargs=dict(entry.get("build_kwargs", {})),
                 intensity=str(entry.get("intensity", "unit")),
+                inputs=str(entry.get("inputs", "all")),
             )
         registry = Registry(
             version=str(raw["version"]),
@@ -141,12 +149,31 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
                 f"{manifest} gives the {entry.kind} intensity scaling {entry.intensity!r}, but this code knows "
                 f"{INTENSITY_MODES}. The weights and the code are from different versions."
             )
+    _check_routes(registry, manifest)
     if registry.class_names != CLASS_NAMES:
         raise WeightsError(
             f"{manifest} lists classes {registry.class_names}, but this code expects {CLASS_NAMES}. "
             "The weights and the code are from different versions."
         )
     return registry
+
+
+def _check_routes(registry: Registry, manifest: Path) -> None:
+    """Every model's ``inputs`` is known, classifiers see every slice, and both kinds of slice get a segmenter."""
+    for entry in registry.models.values():
+        if entry.inputs not in INPUT_ROUTES or (entry.kind == "classifier" and entry.inputs != "all"):
+            allowed = INPUT_ROUTES if entry.kind == "segmenter" else ("all",)
+            raise WeightsError(
+                f"{manifest} routes the {entry.kind} {entry.name!r} to inputs={entry.inputs!r}; "
+                f"a {entry.kind} takes one of {allowed}. Restore the manifest from the repository."
+            )
+    routes = {e.inputs for e in registry.members("segmenter")}
+    for route in ("grey", "colour"):
+        if not routes & {"all", route}:
+            raise WeightsError(
+                f"{manifest} gives no segmenter for {route} slices (each needs one with inputs 'all' or "
+                f"{route!r}). Restore the manifest from the repository."
+            )
 
 
 def verify(entry: ModelEntry) -> None:
@@ -217,7 +244,8 @@ def write_manifest(
 
     ``intensity`` maps a kind to its input scaling; a kind left out is "unit".
     ``members`` adds ensemble members: ``name -> {"kind", "input_size",
-    "build_kwargs", "intensity"}``, each in ``<name>.weights.h5``.
+    "build_kwargs", "intensity"}`` and optionally ``"inputs"`` (see
+    ``INPUT_ROUTES``; left out when "all"), each in ``<name>.weights.h5``.
     """
     weights_dir = Path(weights_dir)
     specs = {
@@ -242,6 +270,7 @@ def write_manifest(
                 "input_size": spec["input_size"],
                 "build_kwargs": spec.get("build_kwargs", {}),
                 "intensity": spec.get("intensity", "unit"),
+                **({"inputs": spec["inputs"]} if spec.get("inputs", "all") != "all" else {}),
             }
             for name, spec in specs.items()
         },
