@@ -41,6 +41,11 @@ SOURCE_LABELS = {
     "figshare": "figshare · T1 contrast",
 }
 SHORT_HASH = 12  # hex digits of a sha256 shown in the UI
+# Added to the outline's caption when the weights route segmenters by the kind of slice (Analysis.segmenter_route).
+ROUTE_NOTES = {
+    "grey": " · greyscale slice: outlined by the segmenters for greyscale scans (trained on T1-CE)",
+    "colour": " · colour composite: outlined by the segmenters for multi-sequence composites",
+}
 GALLERY_PICK_KEY = "gallery_pick"  # session_state key the gallery hands to Analyze
 DISCLAIMER = (
     "**Research demo, not for diagnosis.** Results come from a model trained on "
@@ -557,7 +562,8 @@ def render_analysis(
         images, captions = [], []
         if positive:
             images.append(analysis.overlay(threshold, mode=mode, opacity=opacity))
-            captions.append(f"Model outline (red), threshold {threshold:.2f}")
+            route = ROUTE_NOTES.get(getattr(analysis, "segmenter_route", None), "")
+            captions.append(f"Model outline (red), threshold {threshold:.2f}{route}")
         else:
             images.append(np.asarray(analysis.image))
             captions.append("No tumour outlined: the segmenter runs only on positive slices")

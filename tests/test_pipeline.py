@@ -523,8 +523,17 @@ def test_segmenters_are_routed_by_the_slices_kind_and_all_members_see_every_slic
     colour_map = pipe.segment(_colour_slice())
     assert (colour_seg.calls, grey_seg.calls, every_seg.calls) == (1, 1, 2)
     np.testing.assert_allclose(colour_map, (1.0 + 0.25) / 2 * reference, atol=1e-6)
-    # analyze takes the same route: the map it keeps is the routed one.
-    np.testing.assert_allclose(pipe.analyze(_slice()).prob_map, grey_map)
+    # analyze takes the same route, keeps the routed map and says which route drew it, in the report too.
+    grey_analysis = pipe.analyze(_slice())
+    np.testing.assert_allclose(grey_analysis.prob_map, grey_map)
+    assert grey_analysis.segmenter_route == "grey" and pipe.analyze(_colour_slice()).segmenter_route == "colour"
+    assert grey_analysis.report()["model"]["segmenter_route"] == "grey"
+    # Unrouted weights, or a negative slice (no segmenter ran), name no route.
+    unrouted = Pipeline(StubClassifier((0.0, 1.0, 0.0, 0.0)), StubSegmenter(), classifier_size=32, segmenter_size=32)
+    assert unrouted.analyze(_slice()).segmenter_route is None
+    assert "segmenter_route" not in unrouted.analyze(_slice()).report()["model"]
+    pipe.classifiers[0].model.probs[:] = (1.0, 0.0, 0.0, 0.0)
+    assert pipe.analyze(_slice()).segmenter_route is None
 
 
 def test_routing_with_no_segmenter_for_a_kind_of_slice_is_an_error():

@@ -85,6 +85,9 @@ class Analysis:
         orientation: patient directions of image +x and +y, None when unknown.
         model_version: the registry's version string.
         weights_sha256: ``kind -> sha256`` of the weights that produced this.
+        segmenter_route: "grey" or "colour" when the weights route segmenters
+            by the kind of slice (``Pipeline.routes_segmenters``) and the
+            segmenter ran: which of them drew the map; None otherwise.
     """
 
     image: np.ndarray = field(repr=False)
@@ -102,6 +105,7 @@ class Analysis:
     orientation: tuple[str, str] | None = None
     model_version: str = "unversioned"
     weights_sha256: dict[str, str] = field(default_factory=dict)
+    segmenter_route: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -159,6 +163,7 @@ class Analysis:
             scan_meta=scan_meta or {},
             source_name=source_name,
             created=created or datetime.now(UTC),
+            segmenter_route=self.segmenter_route,
         )
 
     def pdf(
@@ -337,6 +342,11 @@ class Pipeline:
             raise RuntimeError(f"The classifier returned an invalid output. Received: {probs!r}")
         return probs
 
+    @property
+    def routes_segmenters(self) -> bool:
+        """Whether some segmenter sees only greyscale or only colour slices."""
+        return any(m.inputs != "all" for m in self.segmenters)
+
     def segmenters_for(self, rgb: np.ndarray) -> tuple[Member, ...]:
         """The segmenters routed to this slice: those for every slice and those for its kind (grey or colour)."""
         route = "grey" if is_grey(rgb) else "colour"
@@ -394,6 +404,7 @@ class Pipeline:
         tumor_type = CLASS_NAMES[1 + int(np.argmax(probs[1:]))] if detected else None
         predicted = tumor_type or "no_tumor"
         prob_map = self.segment(rgb) if detected else None
+        route = ("grey" if is_grey(rgb) else "colour") if detected and self.routes_segmenters else None
         image_ro = rgb.copy()
         image_ro.setflags(write=False)
         if prob_map is not None:
@@ -414,6 +425,7 @@ class Pipeline:
             orientation=orientation,
             model_version=self.version,
             weights_sha256=self.weights_sha256,
+            segmenter_route=route,
         )
 
     def grad_cam(self, analysis: Analysis) -> np.ndarray:

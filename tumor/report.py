@@ -53,6 +53,7 @@ def report_dict(
     scan_meta: dict[str, str],
     source_name: str | None,
     created: datetime,
+    segmenter_route: str | None = None,
 ) -> dict:
     """Gathers one analysis into a JSON-serialisable report.
 
@@ -68,6 +69,8 @@ def report_dict(
         scan_meta: the scan's display fields; only ``SAFE_META_KEYS`` are kept.
         source_name: the uploaded file's base name, or None.
         created: when the analysis ran; a naive datetime is taken as UTC.
+        segmenter_route: "grey" or "colour" when the weights route segmenters
+            by the kind of slice; then ``model.segmenter_route`` says which drew the mask.
 
     Returns:
         A dict of str, float, int, None, lists and dicts only, with keys
@@ -94,6 +97,7 @@ def report_dict(
         "model": {
             "version": _short(model_version),
             "weights_sha256": {_short(k): _short(v, 64) for k, v in weights_sha256.items()},
+            **({"segmenter_route": _short(segmenter_route)} if segmenter_route else {}),
         },
         "scan": {k: _short(scan_meta[k]) for k in SAFE_META_KEYS if k in scan_meta},
     }
