@@ -37,7 +37,7 @@ DISPLAY_NAMES = {
 
 
 # A slice is greyscale when its channels differ by at most this many grey levels,
-# averaged over its pixels. Measured on the packed training data: figshare T1-CE
+# averaged over its pixels. Measured on the packed validation slices: figshare T1-CE
 # slices 0.03 or less, healthy sets 0.51 or less; LGG composites 5.7 at their
 # 5th percentile (0 only for slices whose sequences are all the same).
 GREY_TOLERANCE = 1.0
