@@ -104,13 +104,18 @@ def test_choose_applies_the_size_margin_then_the_tie_band(rows, tied, n_notes):
     assert len(notes) == n_notes
 
 
+def _cli_start(tmp_path):
+    """A gallery manifest, the JSON to write and the CLI arguments every run takes: (manifest, out, args)."""
+    manifest, out = _gallery_manifest(tmp_path), tmp_path / "compare.json"
+    args = ["--manifest", str(manifest), "--split", "all", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    return manifest, out, args
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
 def test_cli_scores_real_networks_as_the_ensemble_pipeline_does(tmp_path):
     weights = ROOT / "weights"
-    manifest = _gallery_manifest(tmp_path)
-    out = tmp_path / "compare.json"
-    args = ["--manifest", str(manifest), "--split", "all", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    manifest, out, args = _cli_start(tmp_path)
     args += [
         "--classifier",
         f"a={weights / 'classifier.weights.h5'}",
@@ -180,9 +185,9 @@ def test_a_routed_segmenter_set_scores_as_the_routed_pipeline_does(tmp_path):
     df = data.read_manifest(_gallery_manifest(tmp_path))
     clf, segs = MeanClassifier(0.1), (BrightSegmenter(1.0), BrightSegmenter(2.0), BrightSegmenter(0.5))
     singles = [evaluate.run_pipeline(_single(clf, s), df) for s in segs]
-    grey = compare_ensembles.grey_rows(singles[0])
+    grey = singles[0]["grey"].to_numpy(bool)
     assert grey.any() and not grey.all()  # the gallery holds both kinds, so the routing is exercised
-    combined = compare_ensembles.combine(singles[:1], singles[:2], singles[2:], grey)
+    combined = compare_ensembles.combine(singles[:1], singles[:2], singles[2:])
     routed = Pipeline(
         clf,
         segs[0],
@@ -199,8 +204,8 @@ def test_a_routed_segmenter_set_scores_as_the_routed_pipeline_does(tmp_path):
     assert evaluate.calibrated_report(combined, by_mask_threshold=False) == pytest.approx(
         evaluate.calibrated_report(direct, by_mask_threshold=False), abs=1e-6
     )
-    with pytest.raises(ValueError, match="grey flag per row"):
-        compare_ensembles.combine(singles[:1], singles[:2], singles[2:], None)
+    with pytest.raises(ValueError, match="grey flags"):
+        compare_ensembles.combine([singles[0].drop(columns="grey")], singles[:2], singles[2:])
 
 
 def test_routed_sets_are_named_and_sized_by_their_larger_half():
@@ -244,9 +249,7 @@ def test_cli_runs_extra_segmenters_alone_and_scores_a_routed_set_as_the_routed_p
     from tumor import weights as weights_lib
 
     weights = ROOT / "weights"
-    manifest = _gallery_manifest(tmp_path)
-    out = tmp_path / "compare.json"
-    args = ["--manifest", str(manifest), "--split", "all", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    manifest, out, args = _cli_start(tmp_path)
     args += ["--classifier", f"a={weights / 'classifier.weights.h5'}"]
     args += ["--segmenter", f"x={weights / 'segmenter.weights.h5'}"]
     args += ["--segmenter", f"y={weights / 'segmenter_2.weights.h5'}"]

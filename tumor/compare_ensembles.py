@@ -53,9 +53,8 @@ from tumor.evaluate import (
     flair_only,
     run_pipeline,
 )
-from tumor.io import read_image
 from tumor.models import CLASS_NAMES, TUMOR_TYPES
-from tumor.pipeline import Pipeline, is_grey
+from tumor.pipeline import Pipeline
 
 KINDS = ("classifier", "segmenter")
 
@@ -97,7 +96,8 @@ def network_outputs(
     classifier columns are then a constant and must not be used.
     """
     clf_key = classifier.sha256[:12] if classifier else "none"
-    key = f"{tag}_tta{int(flip_tta)}_{clf_key}_{segmenter.sha256[:12]}.pkl"
+    # "r2": rows carry the ``grey`` flag; caches written before it are not read.
+    key = f"{tag}_r2_tta{int(flip_tta)}_{clf_key}_{segmenter.sha256[:12]}.pkl"
     path = cache_dir / key
     if path.is_file():
         return pd.read_pickle(path)
@@ -120,25 +120,15 @@ def network_outputs(
     return res
 
 
-def grey_rows(res: pd.DataFrame, transform=None) -> np.ndarray:
-    """Whether each row's slice, as the pipeline saw it (after ``transform``), is greyscale (``is_grey``)."""
-    flags = []
-    for image_file in res["image_file"]:
-        rgb = read_image(image_file)
-        flags.append(is_grey(transform(rgb) if transform is not None else rgb))
-    return np.array(flags, bool)
-
-
 def combine(
     clf_outputs: list[pd.DataFrame],
     seg_outputs: list[pd.DataFrame],
     grey_outputs: list[pd.DataFrame] | None = None,
-    grey: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The rows an ensemble of these networks would give: means of their outputs, as ``Pipeline`` takes them.
 
-    With ``grey_outputs``, rows flagged in ``grey`` take the mean of those
-    segmenters instead (a routed set: ``Pipeline.segmenters_for``).
+    With ``grey_outputs``, greyscale rows (``run_pipeline``'s ``grey`` column)
+    take the mean of those segmenters instead (a routed set: ``Pipeline.segmenters_for``).
 
     Every frame must hold the same rows in the same order (the same split,
     read by ``run_pipeline``).
@@ -156,8 +146,9 @@ def combine(
     maps = zip(*(r["prob_map"] for r in seg_outputs), strict=True)
     out["prob_map"] = [np.clip(np.mean(m, axis=0), 0.0, 1.0).astype(np.float32) for m in maps]
     if grey_outputs:
-        if grey is None or len(grey) != len(out):
-            raise ValueError("A routed segmenter set needs one grey flag per row.")
+        if "grey" not in out:
+            raise ValueError("A routed segmenter set needs the rows' grey flags; rerun the outputs with run_pipeline.")
+        grey = out["grey"].to_numpy(bool)
         grey_maps = zip(*(r["prob_map"] for r in grey_outputs), strict=True)
         for i, m in enumerate(grey_maps):
             if grey[i]:
@@ -345,25 +336,22 @@ def main(argv: list[str] | None = None) -> None:
             out["segmenter"].setdefault(s.name, res)
         return out
 
-    def pair_outputs(nets: dict, row: dict, grey: np.ndarray | None) -> pd.DataFrame:
+    def pair_outputs(nets: dict, row: dict) -> pd.DataFrame:
         grey_set = row.get("segmenter_grey")
         return combine(
             [nets["classifier"][n] for n in row["classifier"]],
             [nets["segmenter"][n] for n in row["segmenter"]],
             [nets["segmenter"][n] for n in grey_set] if grey_set else None,
-            grey,
         )
 
-    routed = any(g for _, g in sets["segmenter"])
     tag = f"{Path(args.manifest).stem}_{args.split}_n{len(df)}"
     nets = outputs(df, tag)
-    grey = grey_rows(next(iter(nets["segmenter"].values()))) if routed else None
     rows = []
     for c_set, (s_set, g_set) in itertools.product(sets["classifier"], sets["segmenter"]):
         row = {"classifier": list(c_set), "segmenter": list(s_set)}
         if g_set:
             row["segmenter_grey"] = list(g_set)
-        row.update(calibrated_report(pair_outputs(nets, row, grey), by_mask_threshold=False))
+        row.update(calibrated_report(pair_outputs(nets, row), by_mask_threshold=False))
         rows.append(row)
         print(json.dumps({"pair": pair_label(row)} | {k: row[k] for k in ("tumor_threshold", "val_score")}), flush=True)
 
@@ -371,9 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(tied) > 1 or args.flair_stress:  # LGG with every slice made FLAIR-only, at each pair's own thresholds
         lgg = df[df["source"] == LGG]
         stress = outputs(lgg, f"{tag}_lgg_flair", transform=flair_only)
-        stress_grey = grey_rows(next(iter(stress["segmenter"].values())), transform=flair_only) if routed else None
         for row in rows if args.flair_stress else tied:
-            res = pair_outputs(stress, row, stress_grey)
+            res = pair_outputs(stress, row)
             y = (res["label"] != "no_tumor").to_numpy()
             row["val_lgg_sensitivity_flair_only"] = float(
                 (res["p_tumor"].to_numpy()[y] >= row["tumor_threshold"]).mean()
@@ -403,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if args.write_calibration:
         win = tied[0]
-        res = pair_outputs(nets, win, grey)
+        res = pair_outputs(nets, win)
         doc = calibration_record(res, win, entries, split=args.split, flip_tta=registry.flip_tta)
         Path(args.write_calibration).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.write_calibration}: {json.dumps(doc['chosen'])}")

@@ -26,7 +26,7 @@ from tumor import data, metrics
 from tumor.errors import InputError
 from tumor.io import read_image
 from tumor.models import CLASS_NAMES, TUMOR_TYPES
-from tumor.pipeline import Pipeline, threshold_mask
+from tumor.pipeline import Pipeline, is_grey, threshold_mask
 
 ROC_POINTS = 101  # points kept of the ROC curve, for plotting
 MASK_THRESHOLDS = np.round(np.arange(0.05, 0.81, 0.05), 2)
@@ -62,7 +62,8 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200, transfor
     Returns:
         A copy of the accepted rows of ``df`` with ``probs`` (4,), ``p_tumor``,
         ``pred`` (cascade class), ``type_pred`` (argmax over the three tumour
-        types), ``truth`` (bool mask) and ``prob_map`` (None when negative)
+        types), ``truth`` (bool mask), ``prob_map`` (None when negative) and
+        ``grey`` (the slice, as the pipeline saw it, is greyscale: ``is_grey``)
         columns. Rows whose image the app refuses (``InputError``, e.g. an
         almost black image) are left out; their source, label and the app's
         message are listed in ``attrs["refused"]``.
@@ -90,6 +91,7 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200, transfor
                 "type_pred": TUMOR_TYPES[int(np.argmax(probs[1:]))],
                 "truth": read_mask(mask_file, rgb.shape[:2]),
                 "prob_map": a.prob_map,
+                "grey": is_grey(rgb),
             }
         )
         if progress_every and (i + 1) % progress_every == 0:

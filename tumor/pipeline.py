@@ -347,22 +347,23 @@ class Pipeline:
         """Whether some segmenter sees only greyscale or only colour slices."""
         return any(m.inputs != "all" for m in self.segmenters)
 
-    def segmenters_for(self, rgb: np.ndarray) -> tuple[Member, ...]:
-        """The segmenters routed to this slice: those for every slice and those for its kind (grey or colour)."""
-        route = "grey" if is_grey(rgb) else "colour"
+    def segmenters_for(self, route: str) -> tuple[Member, ...]:
+        """The segmenters routed to a slice of this kind ("grey" or "colour"): those for every slice and its kind's."""
         members = tuple(m for m in self.segmenters if m.inputs in ("all", route))
         if not members:
             raise RuntimeError(f"No segmenter is routed to {route} slices; the weights manifest must give one.")
         return members
 
-    def segment(self, rgb: np.ndarray) -> np.ndarray:
+    def segment(self, rgb: np.ndarray, route: str | None = None) -> np.ndarray:
         """Tumour probability map (H, W) float32 for one RGB uint8 slice: the mean over its segmenters.
 
         The segmenters are those routed to the slice (``segmenters_for``): all of
         them unless the manifest routes some to greyscale or colour slices only.
+        ``route`` is the slice's kind when the caller has already worked it out.
         """
+        route = route or ("grey" if is_grey(rgb) else "colour")
         maps = []
-        for m in self.segmenters_for(rgb):
+        for m in self.segmenters_for(route):
             square, frame = to_model_square(rgb, m.size)
             batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
             pred = np.asarray(m.model(preprocess_segmenter(batch, m.intensity), training=False), np.float32)[..., 0]
@@ -403,8 +404,8 @@ class Pipeline:
         detected = p_tumor >= self.tumor_threshold
         tumor_type = CLASS_NAMES[1 + int(np.argmax(probs[1:]))] if detected else None
         predicted = tumor_type or "no_tumor"
-        prob_map = self.segment(rgb) if detected else None
-        route = ("grey" if is_grey(rgb) else "colour") if detected and self.routes_segmenters else None
+        route = ("grey" if is_grey(rgb) else "colour") if detected else None
+        prob_map = self.segment(rgb, route) if detected else None
         image_ro = rgb.copy()
         image_ro.setflags(write=False)
         if prob_map is not None:
@@ -425,7 +426,7 @@ class Pipeline:
             orientation=orientation,
             model_version=self.version,
             weights_sha256=self.weights_sha256,
-            segmenter_route=route,
+            segmenter_route=route if self.routes_segmenters else None,
         )
 
     def grad_cam(self, analysis: Analysis) -> np.ndarray:
