@@ -297,6 +297,23 @@ def test_keep_sources_keeps_every_array_aligned_and_refuses_an_unknown_source():
     assert train.parse_args(["segmenter", "--source", "a", "--source", "b"]).source == ["a", "b"]
 
 
+def test_val_grey_makes_only_the_validation_slices_greyscale(tmp_path):
+    from tumor import data
+
+    colour = np.zeros((2, 8, 8, 3), np.uint8)
+    colour[..., 0], colour[..., 1], colour[..., 2] = 40, 120, 220
+    arrays = {"images": colour, "masks": np.zeros((2, 8, 8), np.uint8), "labels": np.array([1, 0])}
+    for split in ("train", "val"):
+        data.pack_arrays(arrays, tmp_path / f"{split}.npz", quality=100)
+    args = train.parse_args(["segmenter", "--packed", str(tmp_path), "--val-grey"])
+    tr, va = train._load(args, "train"), train._load(args, "val")
+    assert np.ptp(tr["images"][..., 0]) < 4 and abs(int(tr["images"][0, 0, 0, 2]) - int(tr["images"][0, 0, 0, 0])) > 100
+    np.testing.assert_array_equal(va["images"][..., 0], va["images"][..., 1])
+    np.testing.assert_array_equal(va["images"][..., 2], va["images"][..., 1])
+    assert abs(int(va["images"][0, 0, 0, 1]) - 120) < 6
+    assert not train.parse_args(["segmenter"]).val_grey
+
+
 def test_flair_only_evaluation_feeds_the_pipeline_grey_slices(tmp_path):
     from tumor import evaluate
     from tumor.pipeline import Pipeline

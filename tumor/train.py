@@ -351,6 +351,11 @@ def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
             df = df.groupby("label", group_keys=False).head(args.limit)
         arrays = data.load_arrays(df, args.size)
         arrays["sources"] = df["source"].to_numpy()
+    if split == "val" and getattr(args, "val_grey", False):
+        # Select the checkpoint on the slices a greyscale-routed network will see.
+        from tumor.evaluate import flair_only
+
+        arrays["images"] = flair_only(arrays["images"])
     return keep_sources(arrays, args.source)
 
 
@@ -516,6 +521,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="SOURCE",
         help="train and validate on this source only (repeatable; default: every source)",
+    )
+    p.add_argument(
+        "--val-grey",
+        action="store_true",
+        help="validate on greyscale slices: every channel replaced by the middle one (LGG: FLAIR only)",
     )
     p.add_argument("--resume", default="", help="inner-network weights to start from (default: none)")
     p.add_argument(
