@@ -43,7 +43,7 @@ SOURCE_LABELS = {
 SHORT_HASH = 12  # hex digits of a sha256 shown in the UI
 # Added to the outline's caption when the weights route segmenters by the kind of slice (Analysis.segmenter_route).
 ROUTE_NOTES = {
-    "grey": " · greyscale slice: outlined by the segmenters for greyscale scans (trained on T1-CE)",
+    "grey": " · greyscale slice: outlined by the segmenters for greyscale scans",
     "colour": " · colour composite: outlined by the segmenters for multi-sequence composites",
 }
 GALLERY_PICK_KEY = "gallery_pick"  # session_state key the gallery hands to Analyze
@@ -562,7 +562,7 @@ def render_analysis(
         images, captions = [], []
         if positive:
             images.append(analysis.overlay(threshold, mode=mode, opacity=opacity))
-            route = ROUTE_NOTES.get(getattr(analysis, "segmenter_route", None), "")
+            route = ROUTE_NOTES.get(analysis.segmenter_route, "")
             captions.append(f"Model outline (red), threshold {threshold:.2f}{route}")
         else:
             images.append(np.asarray(analysis.image))

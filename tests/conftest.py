@@ -102,6 +102,7 @@ class FakeAnalysis:
     behaviour: str = "Gliomas are usually malignant."
     model_version: str = "fake-0"
     weights_sha256: dict = field(default_factory=lambda: {"fake.weights.h5": "ab" * 32})
+    segmenter_route: str | None = None
 
     def mask(self, threshold: float | None = None) -> np.ndarray:
         if self.prob_map is None:

@@ -351,7 +351,7 @@ def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
             df = df.groupby("label", group_keys=False).head(args.limit)
         arrays = data.load_arrays(df, args.size)
         arrays["sources"] = df["source"].to_numpy()
-    if split == "val" and getattr(args, "val_grey", False):
+    if split == "val" and args.val_grey:
         # Select the checkpoint on the slices a greyscale-routed network will see.
         from tumor.evaluate import flair_only
 
