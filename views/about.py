@@ -19,7 +19,9 @@ data make of it:
    can be moved freely: the models run once per slice, the outline is redrawn.
 
 Each may be a small ensemble: the shipped weights list the networks whose
-outputs are averaged (the **Model card** page says which).
+outputs are averaged, and may send greyscale slices and multi-sequence colour
+composites to different segmenters (the **Model card** page says which; the
+outline's caption says which route a slice took).
 
 **What the tumour type usually implies.** Gliomas are malignant brain tumours;
 meningiomas are usually benign (mostly WHO grade 1); pituitary adenomas are
