@@ -282,3 +282,18 @@ def test_cli_runs_extra_segmenters_alone_and_scores_a_routed_set_as_the_routed_p
         assert row[key] == direct[key]
     assert row["val_score"] == pytest.approx(direct["val_score"], abs=1e-6)
     assert row["val_figshare_slice_dice"] != result["pairs"][0]["val_figshare_slice_dice"]  # the route changed maps
+
+
+def test_a_candidate_can_name_its_own_input_size(tmp_path):
+    nets = compare_ensembles._parse_networks(["a=runs/x.weights.h5", "b=runs/y@z.weights.h5@384"], "--segmenter")
+    assert nets == {"a": ("runs/x.weights.h5", None), "b": ("runs/y@z.weights.h5", 384)}
+    for bad in ("c=runs/x.weights.h5@", "c=runs/x.weights.h5@big", "c=runs/x.weights.h5@8"):
+        with pytest.raises(SystemExit, match="SIZE"):
+            compare_ensembles._parse_networks([bad], "--segmenter")
+    template = compare_ensembles.weights_lib.ModelEntry(
+        kind="segmenter", name="segmenter", path=tmp_path / "s.h5", sha256="", input_size=256, build_kwargs={}
+    )
+    (tmp_path / "y.weights.h5").write_bytes(b"not a network, only hashed")
+    sized = compare_ensembles._entry("segmenter", "b", tmp_path / "y.weights.h5", template, 384)
+    same = compare_ensembles._entry("segmenter", "b", tmp_path / "y.weights.h5", template)
+    assert (sized.input_size, same.input_size) == (384, 256)

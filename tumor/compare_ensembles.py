@@ -1,6 +1,6 @@
 """Choose an ensemble on validation from cached per-network outputs.
 
-``python -m tumor.compare_ensembles --manifest M --classifier NAME=PATH ... --segmenter NAME=PATH ...
+``python -m tumor.compare_ensembles --manifest M --classifier NAME=PATH ... --segmenter NAME=PATH[@SIZE] ...
 --classifier-sets A+B A+C ... --segmenter-sets ... [--baseline A+B/X+Y]``
 
 Each network runs once over the split, through ``Pipeline.analyze`` with the
@@ -59,15 +59,21 @@ from tumor.pipeline import Pipeline
 KINDS = ("classifier", "segmenter")
 
 
-def _entry(kind: str, name: str, path: str, template: weights_lib.ModelEntry) -> weights_lib.ModelEntry:
-    """A registry entry for a candidate file, with the shipped network's size, build and scaling."""
+def _entry(
+    kind: str, name: str, path: str, template: weights_lib.ModelEntry, size: int | None = None
+) -> weights_lib.ModelEntry:
+    """A registry entry for a candidate file, with the shipped network's build and scaling.
+
+    Its input side is ``size`` where given (a network fine-tuned at another
+    resolution), else the shipped network's.
+    """
     path = Path(path)
     return weights_lib.ModelEntry(
         kind=kind,
         name=name,
         path=path,
         sha256=weights_lib.sha256_file(path),
-        input_size=template.input_size,
+        input_size=size or template.input_size,
         build_kwargs=template.build_kwargs,
         intensity=template.intensity,
     )
@@ -237,13 +243,17 @@ def calibration_record(
     return doc
 
 
-def _parse_networks(specs: list[str], flag: str) -> dict[str, str]:
+def _parse_networks(specs: list[str], flag: str) -> dict[str, tuple[str, int | None]]:
+    """``NAME=PATH`` or ``NAME=PATH@SIZE`` specs as ``{name: (path, size or None)}``."""
     nets = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or "+" in name or "/" in name:
-            raise SystemExit(f"{flag} takes NAME=PATH with a NAME free of '+' and '/'. Received: {spec!r}")
-        nets[name] = path
+            raise SystemExit(f"{flag} takes NAME=PATH[@SIZE] with a NAME free of '+' and '/'. Received: {spec!r}")
+        path, at, size = path.rpartition("@") if "@" in path else (path, "", "")
+        if at and not (size.isdigit() and int(size) >= 32):
+            raise SystemExit(f"{flag} {spec!r}: SIZE after '@' must be an input side in pixels, at least 32")
+        nets[name] = (path, int(size) if at else None)
     return nets
 
 
@@ -273,7 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--weights", default=None, help="shipped weights folder (default: the repository's weights/)")
     parser.add_argument("--classifier", action="append", default=[], metavar="NAME=PATH", help="a candidate classifier")
-    parser.add_argument("--segmenter", action="append", default=[], metavar="NAME=PATH", help="a candidate segmenter")
+    parser.add_argument(
+        "--segmenter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[@SIZE]",
+        help="a candidate segmenter; @SIZE: its input side, where it differs from the shipped one's",
+    )
     parser.add_argument("--classifier-sets", nargs="+", required=True, help="sets to try, as NAME+NAME (default: none)")
     parser.add_argument("--segmenter-sets", nargs="+", required=True, help="sets to try, as NAME+NAME (default: none)")
     parser.add_argument("--baseline", default="", help="the shipped pair, as CLF+CLF/SEG+SEG (default: none)")
@@ -308,7 +324,10 @@ def main(argv: list[str] | None = None) -> None:
         "classifier": _parse_sets(args.classifier_sets, paths["classifier"], "--classifier-sets"),
         "segmenter": _parse_sets(args.segmenter_sets, paths["segmenter"], "--segmenter-sets", routed=True),
     }
-    entries = {kind: {n: _entry(kind, n, p, registry.models[kind]) for n, p in paths[kind].items()} for kind in KINDS}
+    entries = {
+        kind: {n: _entry(kind, n, p, registry.models[kind], size) for n, (p, size) in paths[kind].items()}
+        for kind in KINDS
+    }
     df = data.read_manifest(args.manifest)
     if args.split != "all":
         df = data.load_split(df)
@@ -378,7 +397,11 @@ def main(argv: list[str] | None = None) -> None:
         "n_slices": len(next(iter(nets["classifier"].values()))),
         "flip_tta": registry.flip_tta,
         "networks": {
-            kind: {n: {"path": str(e.path), "sha256": e.sha256} for n, e in entries[kind].items()} for kind in KINDS
+            kind: {
+                n: {"path": str(e.path), "sha256": e.sha256, "input_size": e.input_size}
+                for n, e in entries[kind].items()
+            }
+            for kind in KINDS
         },
         "rule": {"margin": args.margin, "tie": args.tie, "baseline_margin": args.baseline_margin, "notes": notes},
         "pairs": rows,
