@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -297,3 +298,27 @@ def test_a_candidate_can_name_its_own_input_size(tmp_path):
     sized = compare_ensembles._entry("segmenter", "b", tmp_path / "y.weights.h5", template, 384)
     same = compare_ensembles._entry("segmenter", "b", tmp_path / "y.weights.h5", template)
     assert (sized.input_size, same.input_size) == (384, 256)
+
+
+def test_network_outputs_cache_one_file_per_input_side(tmp_path, monkeypatch):
+    """One weights file run at two input sides is two networks: two caches, each read back, never swapped."""
+    from tumor import weights as weights_lib
+
+    df = data.read_manifest(_gallery_manifest(tmp_path)).head(3)
+    runs = []
+
+    def fake_run(pipeline, frame, transform=None):
+        runs.append(pipeline.segmenter_size)
+        return frame.assign(side=pipeline.segmenter_size)
+
+    monkeypatch.setattr(compare_ensembles, "run_pipeline", fake_run)
+    monkeypatch.setattr(weights_lib, "load_model", lambda entry: BrightSegmenter(1.0))
+    entry = weights_lib.ModelEntry(
+        kind="segmenter", name="x", path=tmp_path / "x.weights.h5", sha256="ab" * 32, input_size=48, build_kwargs={}
+    )
+    wider = dataclasses.replace(entry, name="x64", input_size=64)
+    kwargs = {"flip_tta": True, "cache_dir": tmp_path / "cache", "tag": "t"}
+    sides = [compare_ensembles.network_outputs(None, e, df, **kwargs)["side"].iloc[0] for e in (entry, wider, entry)]
+    assert sides == [48, 64, 48]
+    assert runs == [48, 64]  # the third call read the first one's cache
+    assert len(list((tmp_path / "cache").glob("*.pkl"))) == 2

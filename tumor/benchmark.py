@@ -1,11 +1,13 @@
-"""Speed benchmark: ``python -m tumor.benchmark [--repeats N] [--training]``.
+"""Speed benchmark: ``python -m tumor.benchmark [--repeats N] [--training | --compare DIR DIR ...]``.
 
 Prints the figures a user feels: model loading, the first and the typical
 single-slice analysis (classifier, plus segmenter on positives), the mask
 re-threshold behind the slider (no model call), and Grad-CAM. ``--training``
 instead times training steps of both networks at the shipped input sizes, in
 float32 and in ``mixed_bfloat16``, to plan a training run on this machine.
-Timings are printed, never asserted.
+``--compare`` times several weights folders side by side, in one process,
+each slice run by every pipeline in turn, so that the machine's drift in speed
+hits them alike. Timings are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -77,6 +79,29 @@ def _training(precisions: list[str], weights_dir: str | None) -> None:
             print(f"train {kind:10s} {entry.input_size} px {precision:15s} {sec:6.2f} s per slice")
 
 
+def _compare(weights_dirs: list[str], repeats: int) -> None:
+    """Prints each folder's median positive and negative analysis, run in turn on every gallery slice."""
+    pipes = {d: Pipeline.from_weights_dir(d) for d in weights_dirs}
+    index = pd.read_csv(GALLERY / "index.csv", dtype=str, keep_default_na=False)
+    images = [read_image(GALLERY / f) for f in index["image"]]
+    for pipe in pipes.values():
+        pipe.analyze(images[0])  # warm-up
+    pos: dict[str, list[float]] = {d: [] for d in pipes}
+    neg: dict[str, list[float]] = {d: [] for d in pipes}
+    for rep in range(repeats):
+        for img in images:
+            for d in weights_dirs if rep % 2 == 0 else weights_dirs[::-1]:  # alternate who goes first
+                t0 = time.perf_counter()
+                a = pipes[d].analyze(img)
+                (pos if a.tumor_detected else neg)[d].append(time.perf_counter() - t0)
+    first = weights_dirs[0]
+    for d in weights_dirs:
+        ratio = f"   x{statistics.median(pos[d]) / statistics.median(pos[first]):.2f} of the first" if pos[d] else ""
+        print(f"{d} ({pipes[d].version})")
+        print(f"  analyze, positive slice {_ms(pos[d]) if pos[d] else 'none'}{ratio}")
+        print(f"  analyze, negative slice {_ms(neg[d]) if neg[d] else 'none'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="passes over the gallery (default: %(default)s)")
@@ -87,7 +112,16 @@ def main(argv: list[str] | None = None) -> None:
         metavar="PRECISION",
         help="time training steps instead, in these dtype policies (default when given alone: float32 mixed_bfloat16)",
     )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        help="time these weights folders side by side, each slice run by each in turn (ratios to the first)",
+    )
     args = p.parse_args(argv)
+    if args.compare:
+        _compare(args.compare, args.repeats)
+        return
     if args.training is not None:
         _training(args.training or ["float32", "mixed_bfloat16"], args.weights)
         return

@@ -96,14 +96,15 @@ def network_outputs(
 ) -> pd.DataFrame:
     """``run_pipeline`` rows of a one-classifier, one-segmenter pipeline, every slice segmented; cached.
 
-    The cache file is named by both files' hashes, ``tag`` (split, source and
-    stress options) and the flip setting, so a changed file is never read from
-    an old cache. With ``classifier`` None only the segmenter runs: the rows'
-    classifier columns are then a constant and must not be used.
+    The cache file is named by both files' hashes and input sides, ``tag``
+    (split, source and stress options) and the flip setting, so a changed file,
+    or one file run at another side, is never read from an old cache. With
+    ``classifier`` None only the segmenter runs: the rows' classifier columns
+    are then a constant and must not be used.
     """
-    clf_key = classifier.sha256[:12] if classifier else "none"
-    # "r2": rows carry the ``grey`` flag; caches written before it are not read.
-    key = f"{tag}_r2_tta{int(flip_tta)}_{clf_key}_{segmenter.sha256[:12]}.pkl"
+    clf_key = f"{classifier.sha256[:12]}s{classifier.input_size}" if classifier else "none"
+    # "r3": names carry the input side; "r2" rows carry the ``grey`` flag. Older caches are not read.
+    key = f"{tag}_r3_tta{int(flip_tta)}_{clf_key}_{segmenter.sha256[:12]}s{segmenter.input_size}.pkl"
     path = cache_dir / key
     if path.is_file():
         return pd.read_pickle(path)
