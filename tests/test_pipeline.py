@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -587,3 +588,20 @@ def test_registry_refuses_unknown_or_incomplete_routes(tmp_path, name, inputs, m
     (d / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(WeightsError, match=match):
         weights_lib.read_registry(d)
+
+
+def test_benchmark_compare_runs_every_folder_on_every_slice_and_sorts_by_outcome(monkeypatch, capsys):
+    """``benchmark --compare``: each folder's pipeline analyses every gallery slice; positives and negatives apart."""
+    from tumor import benchmark
+
+    pipes = {"pos": _pipeline((0.1, 0.8, 0.05, 0.05)), "neg": _pipeline((0.9, 0.05, 0.03, 0.02))}
+    monkeypatch.setattr(benchmark.Pipeline, "from_weights_dir", classmethod(lambda cls, d: pipes[d]))
+    benchmark.main(["--compare", "pos", "neg", "--repeats", "2"])
+    out = capsys.readouterr().out.splitlines()
+    n = 2 * len(pd.read_csv(GALLERY / "index.csv"))
+    assert out[0].startswith("pos (") and out[3].startswith("neg (")
+    assert f"(n={n})" in out[1] and "x1.00 of the first" in out[1] and out[2].endswith("none")
+    assert out[4].endswith("none") and f"(n={n})" in out[5]
+    # every slice once per repeat, plus the warm-up: classifier and (positive only) segmenter calls
+    assert pipes["pos"].classifier.calls == pipes["neg"].classifier.calls == n + 1
+    assert pipes["pos"].segmenter.calls == n + 1 and pipes["neg"].segmenter.calls == 0
