@@ -79,11 +79,16 @@ def _training(precisions: list[str], weights_dir: str | None) -> None:
             print(f"train {kind:10s} {entry.input_size} px {precision:15s} {sec:6.2f} s per slice")
 
 
+def _gallery_images() -> list:
+    """Every gallery slice, decoded as the app decodes an upload."""
+    index = pd.read_csv(GALLERY / "index.csv", dtype=str, keep_default_na=False)
+    return [read_image(GALLERY / f) for f in index["image"]]
+
+
 def _compare(weights_dirs: list[str], repeats: int) -> None:
     """Prints each folder's median positive and negative analysis, run in turn on every gallery slice."""
     pipes = {d: Pipeline.from_weights_dir(d) for d in weights_dirs}
-    index = pd.read_csv(GALLERY / "index.csv", dtype=str, keep_default_na=False)
-    images = [read_image(GALLERY / f) for f in index["image"]]
+    images = _gallery_images()
     for pipe in pipes.values():
         pipe.analyze(images[0])  # warm-up
     pos: dict[str, list[float]] = {d: [] for d in pipes}
@@ -129,8 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     pipe = Pipeline.from_weights_dir(args.weights)
     print(f"load + verify models      {1000 * (time.perf_counter() - t0):9.1f} ms")
-    index = pd.read_csv(GALLERY / "index.csv", dtype=str, keep_default_na=False)
-    images = [read_image(GALLERY / f) for f in index["image"]]
+    images = _gallery_images()
 
     t0 = time.perf_counter()
     pipe.analyze(images[0])
