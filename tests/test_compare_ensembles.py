@@ -322,3 +322,22 @@ def test_network_outputs_cache_one_file_per_input_side(tmp_path, monkeypatch):
     assert sides == [48, 64, 48]
     assert runs == [48, 64]  # the third call read the first one's cache
     assert len(list((tmp_path / "cache").glob("*.pkl"))) == 2
+
+
+def test_a_classifier_pass_without_a_segmenter_gives_the_same_probabilities_and_empty_maps(tmp_path, monkeypatch):
+    """Classifiers beyond the segmenters run alone: same class probabilities as with a segmenter, maps never scored."""
+    from tumor import weights as weights_lib
+
+    df = data.read_manifest(_gallery_manifest(tmp_path)).head(4)
+    monkeypatch.setattr(weights_lib, "load_model", lambda entry: MeanClassifier(0.1))
+    clf = weights_lib.ModelEntry(
+        kind="classifier", name="c", path=tmp_path / "c.weights.h5", sha256="cd" * 32, input_size=32, build_kwargs={}
+    )
+    kwargs = {"flip_tta": True, "cache_dir": tmp_path / "cache", "tag": "t"}
+    alone = compare_ensembles.network_outputs(clf, None, df, **kwargs)
+    with_seg = evaluate.run_pipeline(_single(MeanClassifier(0.1), BrightSegmenter(1.0)), df)
+    np.testing.assert_allclose(np.stack(alone["probs"].to_numpy()), np.stack(with_seg["probs"].to_numpy()), atol=1e-6)
+    assert all(m.shape == t.shape and not m.any() for m, t in zip(alone["prob_map"], alone["truth"], strict=True))
+    assert [p.name for p in (tmp_path / "cache").glob("*.pkl")] == [f"t_r3_tta1_{'cd' * 6}s32_none.pkl"]
+    with pytest.raises(ValueError, match="neither"):
+        compare_ensembles.network_outputs(None, None, df, **kwargs)

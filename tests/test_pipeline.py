@@ -605,3 +605,8 @@ def test_benchmark_compare_runs_every_folder_on_every_slice_and_sorts_by_outcome
     # every slice once per repeat, plus the warm-up: classifier and (positive only) segmenter calls
     assert pipes["pos"].classifier.calls == pipes["neg"].classifier.calls == n + 1
     assert pipes["pos"].segmenter.calls == n + 1 and pipes["neg"].segmenter.calls == 0
+    # negatives against a first folder that has negatives too: their ratio is printed as well
+    pipes["neg2"] = _pipeline((0.9, 0.05, 0.03, 0.02))
+    benchmark.main(["--compare", "neg", "neg2", "--repeats", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert "of the first" in out[2] and "of the first" in out[5] and out[4].endswith("none")

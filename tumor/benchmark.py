@@ -100,11 +100,16 @@ def _compare(weights_dirs: list[str], repeats: int) -> None:
                 a = pipes[d].analyze(img)
                 (pos if a.tumor_detected else neg)[d].append(time.perf_counter() - t0)
     first = weights_dirs[0]
+
+    def ratio(times: dict[str, list[float]], d: str) -> str:
+        if not (times[d] and times[first]):
+            return ""
+        return f"   x{statistics.median(times[d]) / statistics.median(times[first]):.2f} of the first"
+
     for d in weights_dirs:
-        ratio = f"   x{statistics.median(pos[d]) / statistics.median(pos[first]):.2f} of the first" if pos[d] else ""
         print(f"{d} ({pipes[d].version})")
-        print(f"  analyze, positive slice {_ms(pos[d]) if pos[d] else 'none'}{ratio}")
-        print(f"  analyze, negative slice {_ms(neg[d]) if neg[d] else 'none'}")
+        print(f"  analyze, positive slice {_ms(pos[d]) if pos[d] else 'none'}{ratio(pos, d)}")
+        print(f"  analyze, negative slice {_ms(neg[d]) if neg[d] else 'none'}{ratio(neg, d)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,8 +22,9 @@ A segmenter set may be routed, as ``COLOUR|GREY`` (``g+r14|T+U``): colour
 slices are segmented by the first set and greyscale ones (``Pipeline``'s
 ``is_grey``) by the second, as a manifest with ``inputs`` routes them. Its size,
 for the margin, is that of its larger half. Segmenters beyond the number of
-classifiers run without a classifier (a constant stand-in), so adding a
-segmenter costs one segmenter pass only.
+classifiers run without a classifier (a constant stand-in), and classifiers
+beyond the number of segmenters without a segmenter (an empty map at 32 px),
+so adding a network of either kind costs one pass of that network only.
 
 Writes every pair's figures and the winner to ``--out``; changes nothing in
 ``weights/`` unless ``--write-calibration`` names a file there: that file gets
@@ -84,9 +85,17 @@ def _no_classifier(x, training=False):
     return np.full((len(x), len(CLASS_NAMES)), 1.0 / len(CLASS_NAMES), np.float32)
 
 
+def _no_segmenter(x, training=False):
+    """A stand-in segmenter for classifier-only passes: an empty map (never scored)."""
+    return np.zeros((*np.shape(x)[:3], 1), np.float32)
+
+
+NO_SEGMENTER_SIZE = 32  # the stand-in's input side: small, so that it costs nothing
+
+
 def network_outputs(
     classifier: weights_lib.ModelEntry | None,
-    segmenter: weights_lib.ModelEntry,
+    segmenter: weights_lib.ModelEntry | None,
     df: pd.DataFrame,
     *,
     flip_tta: bool,
@@ -100,28 +109,32 @@ def network_outputs(
     (split, source and stress options) and the flip setting, so a changed file,
     or one file run at another side, is never read from an old cache. With
     ``classifier`` None only the segmenter runs: the rows' classifier columns
-    are then a constant and must not be used.
+    are then a constant and must not be used. With ``segmenter`` None only the
+    classifier runs: the rows' maps are then empty and must not be used.
     """
+    if classifier is None and segmenter is None:
+        raise ValueError("network_outputs needs a classifier, a segmenter or both; received neither.")
     clf_key = f"{classifier.sha256[:12]}s{classifier.input_size}" if classifier else "none"
+    seg_key = f"{segmenter.sha256[:12]}s{segmenter.input_size}" if segmenter else "none"
     # "r3": names carry the input side; "r2" rows carry the ``grey`` flag. Older caches are not read.
-    key = f"{tag}_r3_tta{int(flip_tta)}_{clf_key}_{segmenter.sha256[:12]}s{segmenter.input_size}.pkl"
+    key = f"{tag}_r3_tta{int(flip_tta)}_{clf_key}_{seg_key}.pkl"
     path = cache_dir / key
     if path.is_file():
         return pd.read_pickle(path)
     pipeline = Pipeline(
         weights_lib.load_model(classifier) if classifier else _no_classifier,
-        weights_lib.load_model(segmenter),
+        weights_lib.load_model(segmenter) if segmenter else _no_segmenter,
         classifier_size=classifier.input_size if classifier else segmenter.input_size,
-        segmenter_size=segmenter.input_size,
+        segmenter_size=segmenter.input_size if segmenter else NO_SEGMENTER_SIZE,
         classifier_intensity=classifier.intensity if classifier else "unit",
-        segmenter_intensity=segmenter.intensity,
+        segmenter_intensity=segmenter.intensity if segmenter else "unit",
         tumor_threshold=0.0,  # segment every slice, so that any threshold can be applied afterwards
         flip_tta=flip_tta,
     )
     t0 = time.monotonic()
     res = run_pipeline(pipeline, df, transform=transform)
-    name = classifier.name if classifier else "(no classifier)"
-    print(f"{name} + {segmenter.name} on {tag}: {len(res)} slices, {time.monotonic() - t0:.0f}s", flush=True)
+    names = " + ".join(e.name if e else f"(no {k})" for e, k in ((classifier, "classifier"), (segmenter, "segmenter")))
+    print(f"{names} on {tag}: {len(res)} slices, {time.monotonic() - t0:.0f}s", flush=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     res.to_pickle(path)
     return res
@@ -340,20 +353,21 @@ def main(argv: list[str] | None = None) -> None:
     def outputs(frame: pd.DataFrame, tag: str, transform=None) -> dict[str, dict[str, pd.DataFrame]]:
         """Per-network outputs: networks of the two kinds run side by side, in pairs, to halve the passes.
 
-        Segmenters beyond the classifiers run alone; classifiers beyond the
-        segmenters run with the last segmenter.
+        Segmenters beyond the classifiers run alone, and classifiers beyond
+        the segmenters.
         """
         clfs, segs = list(entries["classifier"].values()), list(entries["segmenter"].values())
         out: dict[str, dict[str, pd.DataFrame]] = {"classifier": {}, "segmenter": {}}
         for i in range(max(len(clfs), len(segs))):
             c = clfs[i] if i < len(clfs) else None
-            s = segs[min(i, len(segs) - 1)]
+            s = segs[i] if i < len(segs) else None
             res = network_outputs(
                 c, s, frame, flip_tta=registry.flip_tta, cache_dir=cache, tag=tag, transform=transform
             )
             if c is not None:
                 out["classifier"].setdefault(c.name, res)
-            out["segmenter"].setdefault(s.name, res)
+            if s is not None:
+                out["segmenter"].setdefault(s.name, res)
         return out
 
     def pair_outputs(nets: dict, row: dict) -> pd.DataFrame:
