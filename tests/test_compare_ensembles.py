@@ -341,3 +341,34 @@ def test_a_classifier_pass_without_a_segmenter_gives_the_same_probabilities_and_
     assert [p.name for p in (tmp_path / "cache").glob("*.pkl")] == [f"t_r3_tta1_{'cd' * 6}s32_none.pkl"]
     with pytest.raises(ValueError, match="neither"):
         compare_ensembles.network_outputs(None, None, df, **kwargs)
+
+
+def test_networks_cached_alone_are_not_run_again_in_a_new_pairing(tmp_path, monkeypatch):
+    """A later comparison that pairs a new classifier with a segmenter cached alone runs only the new network."""
+    from tumor import weights as weights_lib
+
+    stubs = {"a": MeanClassifier(0.0), "b": MeanClassifier(0.35), "x": BrightSegmenter(1.0), "y": BrightSegmenter(2.0)}
+    for name in stubs:
+        (tmp_path / f"{name}.weights.h5").write_bytes(name.encode())  # hashed only: each file its own hash
+    monkeypatch.setattr(weights_lib, "load_model", lambda entry: stubs[entry.path.name.split(".")[0]])
+    runs = []
+
+    def counted(pipeline, frame, transform=None):
+        if transform is None:  # the FLAIR-only passes of a tie-break, if any, are not counted
+            runs.append((pipeline.classifier in stubs.values(), pipeline.segmenter in stubs.values()))
+        return evaluate.run_pipeline(pipeline, frame, transform=transform)
+
+    monkeypatch.setattr(compare_ensembles, "run_pipeline", counted)
+    _, out, args = _cli_start(tmp_path)
+    nets = [f"--segmenter=x={tmp_path / 'x.weights.h5'}", f"--segmenter=y={tmp_path / 'y.weights.h5'}"]
+    nets += [f"--classifier=a={tmp_path / 'a.weights.h5'}"]
+    compare_ensembles.main([*args, *nets, "--classifier-sets", "a", "--segmenter-sets", "x+y", "--tie", "0"])
+    assert runs == [(True, True), (False, True)]  # a with x, y alone
+    first = json.loads(out.read_text())["pairs"][0]
+
+    runs.clear()
+    nets += [f"--classifier=b={tmp_path / 'b.weights.h5'}"]
+    compare_ensembles.main([*args, *nets, "--classifier-sets", "a", "a+b", "--segmenter-sets", "x+y", "--tie", "0"])
+    assert runs == [(True, False)]  # b alone: y's cache is read, not run again beside b
+    again = json.loads(out.read_text())["pairs"]
+    assert again[0]["val_score"] == first["val_score"] and again[1]["val_score"] != first["val_score"]

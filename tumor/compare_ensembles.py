@@ -93,6 +93,18 @@ def _no_segmenter(x, training=False):
 NO_SEGMENTER_SIZE = 32  # the stand-in's input side: small, so that it costs nothing
 
 
+def cache_name(
+    classifier: weights_lib.ModelEntry | None, segmenter: weights_lib.ModelEntry | None, *, tag: str, flip_tta: bool
+) -> str:
+    """The file ``network_outputs`` caches this pair's rows in (either network may be None, not both)."""
+    if classifier is None and segmenter is None:
+        raise ValueError("network_outputs needs a classifier, a segmenter or both; received neither.")
+    clf_key = f"{classifier.sha256[:12]}s{classifier.input_size}" if classifier else "none"
+    seg_key = f"{segmenter.sha256[:12]}s{segmenter.input_size}" if segmenter else "none"
+    # "r3": names carry the input side; "r2" rows carry the ``grey`` flag. Older caches are not read.
+    return f"{tag}_r3_tta{int(flip_tta)}_{clf_key}_{seg_key}.pkl"
+
+
 def network_outputs(
     classifier: weights_lib.ModelEntry | None,
     segmenter: weights_lib.ModelEntry | None,
@@ -112,13 +124,7 @@ def network_outputs(
     are then a constant and must not be used. With ``segmenter`` None only the
     classifier runs: the rows' maps are then empty and must not be used.
     """
-    if classifier is None and segmenter is None:
-        raise ValueError("network_outputs needs a classifier, a segmenter or both; received neither.")
-    clf_key = f"{classifier.sha256[:12]}s{classifier.input_size}" if classifier else "none"
-    seg_key = f"{segmenter.sha256[:12]}s{segmenter.input_size}" if segmenter else "none"
-    # "r3": names carry the input side; "r2" rows carry the ``grey`` flag. Older caches are not read.
-    key = f"{tag}_r3_tta{int(flip_tta)}_{clf_key}_{seg_key}.pkl"
-    path = cache_dir / key
+    path = cache_dir / cache_name(classifier, segmenter, tag=tag, flip_tta=flip_tta)
     if path.is_file():
         return pd.read_pickle(path)
     pipeline = Pipeline(
@@ -354,20 +360,30 @@ def main(argv: list[str] | None = None) -> None:
         """Per-network outputs: networks of the two kinds run side by side, in pairs, to halve the passes.
 
         Segmenters beyond the classifiers run alone, and classifiers beyond
-        the segmenters.
+        the segmenters; so do the two of a pair when either has been cached
+        alone (an earlier comparison ran it without a partner) and the pair
+        has not.
         """
         clfs, segs = list(entries["classifier"].values()), list(entries["segmenter"].values())
         out: dict[str, dict[str, pd.DataFrame]] = {"classifier": {}, "segmenter": {}}
+
+        def cached(c, s) -> bool:
+            return (cache / cache_name(c, s, tag=tag, flip_tta=registry.flip_tta)).is_file()
+
         for i in range(max(len(clfs), len(segs))):
             c = clfs[i] if i < len(clfs) else None
             s = segs[i] if i < len(segs) else None
-            res = network_outputs(
-                c, s, frame, flip_tta=registry.flip_tta, cache_dir=cache, tag=tag, transform=transform
-            )
-            if c is not None:
-                out["classifier"].setdefault(c.name, res)
-            if s is not None:
-                out["segmenter"].setdefault(s.name, res)
+            paired = [(c, s)]
+            if c is not None and s is not None and not cached(c, s) and (cached(c, None) or cached(None, s)):
+                paired = [(c, None), (None, s)]
+            for pc, ps in paired:
+                res = network_outputs(
+                    pc, ps, frame, flip_tta=registry.flip_tta, cache_dir=cache, tag=tag, transform=transform
+                )
+                if pc is not None:
+                    out["classifier"].setdefault(pc.name, res)
+                if ps is not None:
+                    out["segmenter"].setdefault(ps.name, res)
         return out
 
     def pair_outputs(nets: dict, row: dict) -> pd.DataFrame:
