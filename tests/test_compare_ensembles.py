@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_train_eval import HAS_WEIGHTS, ROOT, _gallery_manifest
 
@@ -372,3 +373,55 @@ def test_networks_cached_alone_are_not_run_again_in_a_new_pairing(tmp_path, monk
     assert runs == [(True, False)]  # b alone: y's cache is read, not run again beside b
     again = json.loads(out.read_text())["pairs"]
     assert again[0]["val_score"] == first["val_score"] and again[1]["val_score"] != first["val_score"]
+
+
+def _rows(p_tumor, labels, grey, source="figshare_cheng"):
+    """Hand-built pair outputs: 4x4 slices, every tumour slice's expert mask the top half, the map the same."""
+    truth = np.zeros((4, 4), bool)
+    truth[:2] = True
+    rows = []
+    for i, (p, label, g) in enumerate(zip(p_tumor, labels, grey, strict=True)):
+        tumour = label != "no_tumor"
+        rows.append(
+            {
+                "image_file": f"s{i}.png",
+                "source": source,
+                "patient_id": f"P{i % 2}",
+                "label": label,
+                "p_tumor": p,
+                "type_pred": "glioma",
+                "pred": "glioma",
+                "grey": g,
+                "truth": truth if tumour else np.zeros((4, 4), bool),
+                "prob_map": truth.astype(np.float32) if tumour else np.zeros((4, 4), np.float32),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_a_greyscale_threshold_applies_to_greyscale_slices_only():
+    labels = ["glioma", "glioma", "no_tumor", "no_tumor", "glioma", "no_tumor"]
+    res = _rows([0.3, 0.3, 0.2, 0.1, 0.9, 0.35], labels, [True, False, True, True, False, False])
+    stress = _rows([0.25, 0.1, 0.05], ["glioma", "glioma", "no_tumor"], [True] * 3, source=evaluate.LGG)
+    kw = {"tumor_threshold": 0.4, "mask_threshold": 0.5, "min_fraction": 0.0}
+    one = compare_ensembles.split_threshold_figures(res, stress, grey_threshold=0.4, **kw)
+    # One threshold for all: the same figures evaluate gives.
+    summary = evaluate._summary(evaluate.apply_cascade(res, 0.4), 0.4, 0.5)
+    assert one["val_sensitivity"] == summary["detection"]["sensitivity"] == pytest.approx(1 / 3)
+    assert one["val_specificity"] == summary["detection"]["specificity"] == 1.0
+    assert one["val_figshare_slice_dice"] == summary["segmentation"]["figshare_slice_dice_mean"] == pytest.approx(1 / 3)
+    assert one["val_lgg_sensitivity_flair_only"] == 0.0
+    # At 0.25 for greyscale slices: the grey tumour slice (0.3) is found, the colour one (0.3) is not;
+    # the grey healthy slices (0.2, 0.1) stay negative, and one of the two FLAIR-only tumour slices is found.
+    split = compare_ensembles.split_threshold_figures(res, stress, grey_threshold=0.25, **kw)
+    assert split["val_sensitivity"] == pytest.approx(2 / 3) and split["val_specificity"] == 1.0
+    assert split["val_figshare_slice_dice"] == pytest.approx(2 / 3)
+    assert (split["val_specificity_grey_healthy"], split["n_grey_healthy"]) == (1.0, 2)
+    assert split["val_lgg_sensitivity_flair_only"] == 0.5
+    assert split["val_score"] - one["val_score"] == pytest.approx(1 / 3)  # AUC and type accuracy do not move
+    # The greyscale threshold is chosen on greyscale and FLAIR-only rows only: colour rows do not move it.
+    row = {"tumor_threshold": 0.4, "mask_threshold": 0.5, "min_component_fraction": 0.0}
+    chosen = compare_ensembles.grey_threshold_row(res, stress, row)["grey_threshold"]["grey_threshold"]
+    moved = res.assign(p_tumor=np.where(res["grey"], res["p_tumor"], 0.05))
+    assert compare_ensembles.grey_threshold_row(moved, stress, row)["grey_threshold"]["grey_threshold"] == chosen
+    assert chosen <= 0.1  # sensitivity 0.95 on the pool needs every tumour slice, down to 0.1

@@ -42,15 +42,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
-from tumor import data
+from tumor import data, metrics
 from tumor import weights as weights_lib
 from tumor.evaluate import (
     LGG,
+    _objective,
     _segmentation,
     apply_cascade,
     calibrated_report,
     calibration_document,
+    detection_threshold,
     flair_only,
     run_pipeline,
 )
@@ -263,6 +266,73 @@ def calibration_record(
     return doc
 
 
+def split_threshold_figures(
+    res: pd.DataFrame,
+    stress: pd.DataFrame,
+    *,
+    tumor_threshold: float,
+    grey_threshold: float,
+    mask_threshold: float,
+    min_fraction: float,
+) -> dict:
+    """Validation figures with one tumour threshold for colour slices and another for greyscale ones.
+
+    ``res`` holds a pair's averaged outputs on the split as acquired (a map on
+    every row, ``grey`` flags); ``stress`` its outputs on the LGG slices made
+    FLAIR-only (all greyscale). A slice under its own threshold gets no mask,
+    as the app would give it. With ``grey_threshold == tumor_threshold`` the
+    figures are those of one threshold for every slice.
+    """
+    grey = res["grey"].to_numpy(bool)
+    p = res["p_tumor"].to_numpy(float)
+    y = (res["label"] != "no_tumor").to_numpy()
+    detected = p >= np.where(grey, grey_threshold, tumor_threshold)
+    cascaded = res.copy()
+    cascaded["prob_map"] = [m if d else None for m, d in zip(res["prob_map"], detected, strict=True)]
+    seg = _segmentation(cascaded, mask_threshold, min_fraction)
+    sens, spec = metrics.sensitivity_specificity(y, detected)
+    tumour = res[y]
+    auc = float(roc_auc_score(y, p))
+    type_acc = float((tumour["type_pred"] == tumour["label"]).mean())
+    y_s = (stress["label"] != "no_tumor").to_numpy()
+    stress_seg = _segmentation(apply_cascade(stress, grey_threshold), mask_threshold, min_fraction)
+    healthy_grey = grey & ~y
+    return {
+        "tumor_threshold": tumor_threshold,
+        "grey_threshold": grey_threshold,
+        "val_score": auc + type_acc + _objective(seg),
+        "val_sensitivity": float(sens),
+        "val_specificity": float(spec),
+        "val_specificity_grey_healthy": float((~detected[healthy_grey]).mean()),
+        "n_grey_healthy": int(healthy_grey.sum()),
+        "val_lgg_patient_dice": seg["lgg_patient_dice_mean"],
+        "val_figshare_slice_dice": seg["figshare_slice_dice_mean"],
+        "val_lgg_sensitivity_flair_only": float((stress["p_tumor"].to_numpy(float)[y_s] >= grey_threshold).mean()),
+        "val_lgg_patient_dice_flair_only": stress_seg["lgg_patient_dice_mean"],
+    }
+
+
+def grey_threshold_row(res: pd.DataFrame, stress: pd.DataFrame, row: dict) -> dict:
+    """The fifth 1.9.0 rule's figures for one pair: at its one threshold, and with a greyscale threshold of its own.
+
+    The greyscale threshold is ``detection_threshold`` on the greyscale rows
+    of ``res`` together with every row of ``stress``; the colour threshold,
+    mask threshold and smallest component stay the pair's (``row``).
+    """
+    pool = pd.concat([res[res["grey"].to_numpy(bool)], stress], ignore_index=True)
+    t_grey = detection_threshold(pool)
+    settings = {
+        "tumor_threshold": row["tumor_threshold"],
+        "mask_threshold": row["mask_threshold"],
+        "min_fraction": row["min_component_fraction"],
+    }
+    return {
+        "n_pool": len(pool),
+        "one_threshold": split_threshold_figures(res, stress, grey_threshold=row["tumor_threshold"], **settings),
+        "grey_threshold": split_threshold_figures(res, stress, grey_threshold=t_grey, **settings),
+    }
+
+
 def _parse_networks(specs: list[str], flag: str) -> dict[str, tuple[str, int | None]]:
     """``NAME=PATH`` or ``NAME=PATH@SIZE`` specs as ``{name: (path, size or None)}``."""
     nets = {}
@@ -325,6 +395,12 @@ def main(argv: list[str] | None = None) -> None:
         "--flair-stress",
         action="store_true",
         help="report every pair's LGG figures with FLAIR-only slices, not just the tied ones' (default: off)",
+    )
+    parser.add_argument(
+        "--grey-threshold",
+        action="store_true",
+        help="also report every pair with a tumour threshold of its own for greyscale slices, chosen on the "
+        "greyscale rows and the FLAIR-only LGG rows (MODEL_CARD, fifth 1.9.0 rule; implies --flair-stress)",
     )
     parser.add_argument("--limit", type=int, default=0, help="only the first N rows, 0 = all (default: %(default)s)")
     parser.add_argument("--cache", default="runs/cache", help="cache folder for outputs (default: %(default)s)")
@@ -405,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(json.dumps({"pair": pair_label(row)} | {k: row[k] for k in ("tumor_threshold", "val_score")}), flush=True)
 
+    args.flair_stress = args.flair_stress or args.grey_threshold
     tied, notes = choose(rows, args.margin, args.tie)
     if len(tied) > 1 or args.flair_stress:  # LGG with every slice made FLAIR-only, at each pair's own thresholds
         lgg = df[df["source"] == LGG]
@@ -419,6 +496,9 @@ def main(argv: list[str] | None = None) -> None:
                 apply_cascade(res, row["tumor_threshold"]), row["mask_threshold"], row["min_component_fraction"]
             )
             row["val_lgg_patient_dice_flair_only"] = seg["lgg_patient_dice_mean"]
+            if args.grey_threshold:
+                row["grey_threshold"] = grey_threshold_row(pair_outputs(nets, row), res, row)
+                print(json.dumps({"pair": pair_label(row), **row["grey_threshold"]}), flush=True)
         tied.sort(key=lambda r: -r["val_lgg_patient_dice_flair_only"])  # the tie-break
     tied, note = keep_baseline(tied, rows, args.baseline, args.baseline_margin)
     notes += [note] if note else []

@@ -338,6 +338,22 @@ def _objective(seg: dict) -> float:
     return float(np.mean(parts)) if parts else 0.0
 
 
+def detection_threshold(res: pd.DataFrame, min_sensitivity: float = 0.95) -> float:
+    """The tumour threshold ``calibrate`` picks on these rows' P(tumour) and labels.
+
+    The largest Youden's J among thresholds that keep sensitivity at
+    ``min_sensitivity`` or more, rounded down to 4 decimals, within 0.05-0.95.
+    """
+    y = (res["label"] != "no_tumor").to_numpy()
+    p = res["p_tumor"].to_numpy(dtype=float)
+    fpr, tpr, thr = roc_curve(y, p)
+    ok = tpr >= min_sensitivity
+    j = np.where(ok, tpr - fpr, -np.inf)
+    # Rounded down to 4 decimals: rounding up could pass the tumour slice that
+    # sits on the threshold and break the sensitivity floor.
+    return float(np.clip(np.floor(thr[int(np.argmax(j))] * 1e4) / 1e4, 0.05, 0.95))
+
+
 def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, float, float]:
     """Picks thresholds on validation rows.
 
@@ -353,14 +369,7 @@ def calibrate(res: pd.DataFrame, min_sensitivity: float = 0.95) -> tuple[float, 
     Returns:
         ``(tumor_threshold, mask_threshold, min_component_fraction)``.
     """
-    y = (res["label"] != "no_tumor").to_numpy()
-    p = res["p_tumor"].to_numpy(dtype=float)
-    fpr, tpr, thr = roc_curve(y, p)
-    ok = tpr >= min_sensitivity
-    j = np.where(ok, tpr - fpr, -np.inf)
-    # Rounded down to 4 decimals: rounding up could pass the tumour slice that
-    # sits on the threshold and break the sensitivity floor.
-    tumor_t = float(np.clip(np.floor(thr[int(np.argmax(j))] * 1e4) / 1e4, 0.05, 0.95))
+    tumor_t = detection_threshold(res, min_sensitivity)
     if not any(t.any() for t in res["truth"]):
         return tumor_t, 0.5, 0.0
     mask_t = max((float(t) for t in MASK_THRESHOLDS), key=lambda t: segmentation_score(res, tumor_t, t, 0.0))
