@@ -26,6 +26,10 @@ classifiers run without a classifier (a constant stand-in), and classifiers
 beyond the number of segmenters without a segmenter (an empty map at 32 px),
 so adding a network of either kind costs one pass of that network only.
 
+``--grey-threshold`` also reports every pair with a tumour threshold of its
+own for greyscale slices, chosen on the greyscale and FLAIR-only LGG rows
+(``grey_threshold_row``; MODEL_CARD, "Rule for a fifth 1.9.0 candidate").
+
 Writes every pair's figures and the winner to ``--out``; changes nothing in
 ``weights/`` unless ``--write-calibration`` names a file there: that file gets
 the winner's ``calibration.json`` record (the figures ``evaluate --calibrate``
