@@ -46,14 +46,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
-from tumor import data, metrics
+from tumor import data
 from tumor import weights as weights_lib
 from tumor.evaluate import (
     LGG,
     _objective,
     _segmentation,
+    _summary,
     apply_cascade,
     calibrated_report,
     calibration_document,
@@ -288,31 +288,23 @@ def split_threshold_figures(
     figures are those of one threshold for every slice.
     """
     grey = res["grey"].to_numpy(bool)
-    p = res["p_tumor"].to_numpy(float)
-    y = (res["label"] != "no_tumor").to_numpy()
-    detected = p >= np.where(grey, grey_threshold, tumor_threshold)
-    cascaded = res.copy()
-    cascaded["prob_map"] = [m if d else None for m, d in zip(res["prob_map"], detected, strict=True)]
-    seg = _segmentation(cascaded, mask_threshold, min_fraction)
-    sens, spec = metrics.sensitivity_specificity(y, detected)
-    tumour = res[y]
-    auc = float(roc_auc_score(y, p))
-    type_acc = float((tumour["type_pred"] == tumour["label"]).mean())
-    y_s = (stress["label"] != "no_tumor").to_numpy()
-    stress_seg = _segmentation(apply_cascade(stress, grey_threshold), mask_threshold, min_fraction)
-    healthy_grey = grey & ~y
+    thresholds = np.where(grey, grey_threshold, tumor_threshold)
+    m = _summary(apply_cascade(res, thresholds), thresholds, mask_threshold, min_fraction)
+    s = _summary(apply_cascade(stress, grey_threshold), grey_threshold, mask_threshold, min_fraction)
+    healthy_grey = grey & (res["label"] == "no_tumor").to_numpy()
+    detected = res["p_tumor"].to_numpy(float) >= thresholds
     return {
         "tumor_threshold": tumor_threshold,
         "grey_threshold": grey_threshold,
-        "val_score": auc + type_acc + _objective(seg),
-        "val_sensitivity": float(sens),
-        "val_specificity": float(spec),
+        "val_score": m["detection"]["auc"] + m["type"]["accuracy"] + _objective(m["segmentation"]),
+        "val_sensitivity": m["detection"]["sensitivity"],
+        "val_specificity": m["detection"]["specificity"],
         "val_specificity_grey_healthy": float((~detected[healthy_grey]).mean()),
         "n_grey_healthy": int(healthy_grey.sum()),
-        "val_lgg_patient_dice": seg["lgg_patient_dice_mean"],
-        "val_figshare_slice_dice": seg["figshare_slice_dice_mean"],
-        "val_lgg_sensitivity_flair_only": float((stress["p_tumor"].to_numpy(float)[y_s] >= grey_threshold).mean()),
-        "val_lgg_patient_dice_flair_only": stress_seg["lgg_patient_dice_mean"],
+        "val_lgg_patient_dice": m["segmentation"]["lgg_patient_dice_mean"],
+        "val_figshare_slice_dice": m["segmentation"]["figshare_slice_dice_mean"],
+        "val_lgg_sensitivity_flair_only": s["detection"]["sensitivity"],
+        "val_lgg_patient_dice_flair_only": s["segmentation"]["lgg_patient_dice_mean"],
     }
 
 
@@ -485,12 +477,12 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(json.dumps({"pair": pair_label(row)} | {k: row[k] for k in ("tumor_threshold", "val_score")}), flush=True)
 
-    args.flair_stress = args.flair_stress or args.grey_threshold
+    stress_every = args.flair_stress or args.grey_threshold
     tied, notes = choose(rows, args.margin, args.tie)
-    if len(tied) > 1 or args.flair_stress:  # LGG with every slice made FLAIR-only, at each pair's own thresholds
+    if len(tied) > 1 or stress_every:  # LGG with every slice made FLAIR-only, at each pair's own thresholds
         lgg = df[df["source"] == LGG]
         stress = outputs(lgg, f"{tag}_lgg_flair", transform=flair_only)
-        for row in rows if args.flair_stress else tied:
+        for row in rows if stress_every else tied:
             res = pair_outputs(stress, row)
             y = (res["label"] != "no_tumor").to_numpy()
             row["val_lgg_sensitivity_flair_only"] = float(

@@ -121,8 +121,10 @@ def _mask(
     return np.zeros(shape, bool) if prob_map is None else threshold_mask(prob_map, threshold, min_fraction)
 
 
-def _summary(res: pd.DataFrame, tumor_threshold: float, mask_threshold: float, min_fraction: float = 0.0) -> dict:
-    """Detection, type and segmentation figures for the rows of ``res``."""
+def _summary(
+    res: pd.DataFrame, tumor_threshold: float | np.ndarray, mask_threshold: float, min_fraction: float = 0.0
+) -> dict:
+    """Detection, type and segmentation figures for the rows of ``res`` (one tumour threshold, or one per row)."""
     y = (res["label"] != "no_tumor").to_numpy()
     p = res["p_tumor"].to_numpy(dtype=float)
     out: dict = {"n_slices": len(res), "n_tumor": int(y.sum()), "n_no_tumor": int((~y).sum())}
@@ -311,11 +313,14 @@ def compute_metrics(
     return result
 
 
-def apply_cascade(res: pd.DataFrame, tumor_threshold: float) -> pd.DataFrame:
-    """``res`` as the app would have it at ``tumor_threshold``: no map where the slice is negative."""
+def apply_cascade(res: pd.DataFrame, tumor_threshold: float | np.ndarray) -> pd.DataFrame:
+    """``res`` as the app would have it at ``tumor_threshold``: no map where the slice is negative.
+
+    ``tumor_threshold`` is one threshold for every row, or one per row.
+    """
     out = res.copy()
-    maps = zip(res["prob_map"], res["p_tumor"], strict=True)
-    out["prob_map"] = [pm if p >= tumor_threshold else None for pm, p in maps]
+    detected = res["p_tumor"].to_numpy(dtype=float) >= np.asarray(tumor_threshold, dtype=float)
+    out["prob_map"] = [pm if d else None for pm, d in zip(res["prob_map"], detected, strict=True)]
     return out
 
 
