@@ -52,7 +52,6 @@ from tumor import weights as weights_lib
 from tumor.evaluate import (
     LGG,
     _objective,
-    _segmentation,
     _summary,
     apply_cascade,
     calibrated_report,
@@ -270,6 +269,17 @@ def calibration_record(
     return doc
 
 
+def flair_only_figures(
+    stress: pd.DataFrame, tumor_threshold: float, mask_threshold: float, min_fraction: float
+) -> dict:
+    """FLAIR-only LGG sensitivity and Dice per patient of a pair's ``stress`` outputs, as the app would cascade them."""
+    s = _summary(apply_cascade(stress, tumor_threshold), tumor_threshold, mask_threshold, min_fraction)
+    return {
+        "val_lgg_sensitivity_flair_only": s["detection"]["sensitivity"],
+        "val_lgg_patient_dice_flair_only": s["segmentation"]["lgg_patient_dice_mean"],
+    }
+
+
 def split_threshold_figures(
     res: pd.DataFrame,
     stress: pd.DataFrame,
@@ -290,7 +300,6 @@ def split_threshold_figures(
     grey = res["grey"].to_numpy(bool)
     thresholds = np.where(grey, grey_threshold, tumor_threshold)
     m = _summary(apply_cascade(res, thresholds), thresholds, mask_threshold, min_fraction)
-    s = _summary(apply_cascade(stress, grey_threshold), grey_threshold, mask_threshold, min_fraction)
     healthy_grey = grey & (res["label"] == "no_tumor").to_numpy()
     detected = res["p_tumor"].to_numpy(float) >= thresholds
     return {
@@ -303,8 +312,7 @@ def split_threshold_figures(
         "n_grey_healthy": int(healthy_grey.sum()),
         "val_lgg_patient_dice": m["segmentation"]["lgg_patient_dice_mean"],
         "val_figshare_slice_dice": m["segmentation"]["figshare_slice_dice_mean"],
-        "val_lgg_sensitivity_flair_only": s["detection"]["sensitivity"],
-        "val_lgg_patient_dice_flair_only": s["segmentation"]["lgg_patient_dice_mean"],
+        **flair_only_figures(stress, grey_threshold, mask_threshold, min_fraction),
     }
 
 
@@ -484,14 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         stress = outputs(lgg, f"{tag}_lgg_flair", transform=flair_only)
         for row in rows if stress_every else tied:
             res = pair_outputs(stress, row)
-            y = (res["label"] != "no_tumor").to_numpy()
-            row["val_lgg_sensitivity_flair_only"] = float(
-                (res["p_tumor"].to_numpy()[y] >= row["tumor_threshold"]).mean()
-            )
-            seg = _segmentation(
-                apply_cascade(res, row["tumor_threshold"]), row["mask_threshold"], row["min_component_fraction"]
-            )
-            row["val_lgg_patient_dice_flair_only"] = seg["lgg_patient_dice_mean"]
+            row |= flair_only_figures(res, row["tumor_threshold"], row["mask_threshold"], row["min_component_fraction"])
             if args.grey_threshold:
                 row["grey_threshold"] = grey_threshold_row(pair_outputs(nets, row), res, row)
                 print(json.dumps({"pair": pair_label(row), **row["grey_threshold"]}), flush=True)
