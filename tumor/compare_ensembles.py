@@ -51,7 +51,6 @@ from tumor import data
 from tumor import weights as weights_lib
 from tumor.evaluate import (
     LGG,
-    _objective,
     _summary,
     apply_cascade,
     calibrated_report,
@@ -59,6 +58,7 @@ from tumor.evaluate import (
     detection_threshold,
     flair_only,
     run_pipeline,
+    selection_score,
 )
 from tumor.models import CLASS_NAMES, TUMOR_TYPES
 from tumor.pipeline import Pipeline
@@ -305,7 +305,7 @@ def split_threshold_figures(
     return {
         "tumor_threshold": tumor_threshold,
         "grey_threshold": grey_threshold,
-        "val_score": m["detection"]["auc"] + m["type"]["accuracy"] + _objective(m["segmentation"]),
+        "val_score": selection_score(m),
         "val_sensitivity": m["detection"]["sensitivity"],
         "val_specificity": m["detection"]["specificity"],
         "val_specificity_grey_healthy": float((~detected[healthy_grey]).mean()),

@@ -343,6 +343,14 @@ def _objective(seg: dict) -> float:
     return float(np.mean(parts)) if parts else 0.0
 
 
+def selection_score(summary: dict) -> float:
+    """The score that chooses between settings or models: AUC + type accuracy + segmentation objective.
+
+    ``summary`` is ``_summary``'s output at the settings being scored.
+    """
+    return summary["detection"]["auc"] + summary["type"]["accuracy"] + _objective(summary["segmentation"])
+
+
 def detection_threshold(res: pd.DataFrame, min_sensitivity: float = 0.95) -> float:
     """The tumour threshold ``calibrate`` picks on these rows' P(tumour) and labels.
 
@@ -403,7 +411,7 @@ def calibrated_report(res: pd.DataFrame, *, by_mask_threshold: bool = True) -> d
         "tumor_threshold": tumor_t,
         "mask_threshold": mask_t,
         "min_component_fraction": min_frac,
-        "val_score": m["detection"]["auc"] + m["type"]["accuracy"] + objective,
+        "val_score": selection_score(m),
         "val_auc": m["detection"]["auc"],
         "val_sensitivity": m["detection"]["sensitivity"],
         "val_specificity": m["detection"]["specificity"],
