@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-import ui_common as ui
+from ui.frame import page_frame
 
-ui.disclaimer()
+page_frame("About")
 
 st.title("About this demo")
 st.markdown(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-import ui_common as ui
 from tumor.errors import InputError
+from ui import common as ui
+from ui.frame import page_frame
 
-ui.disclaimer()
+page_frame("Gallery")
 
 COLUMNS = 4
 
@@ -58,7 +59,7 @@ def case_tile(pipeline, case: ui.GalleryCase) -> None:
         st.caption(verdict)
         if st.button("Analyse", key=f"open_{case.id}", icon=":material/biotech:", width="stretch"):
             pick(case.id)
-            st.switch_page("views/analyze.py")
+            st.switch_page("app.py")
 
 
 st.title("Gallery of real test cases")

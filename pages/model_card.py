@@ -12,9 +12,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-import ui_common as ui
+from ui import common as ui
+from ui.frame import page_frame
 
-ui.disclaimer()
+page_frame("Model card")
 
 NOT_AVAILABLE = "Not available yet."
 

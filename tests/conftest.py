@@ -192,7 +192,7 @@ def fake_pipeline(monkeypatch):
     """Makes every page use a fresh FakePipeline, with empty caches."""
     import streamlit as st
 
-    import ui_common
+    from ui import common as ui_common
 
     fake = FakePipeline()
     monkeypatch.setattr(ui_common, "_load_pipeline", lambda path: fake)

@@ -58,14 +58,24 @@ def upload(at: AppTest, name: str, data: bytes) -> AppTest:
     return at
 
 
+MENU = ["Analyze", "Gallery", "Model card", "About"]
+
+
 @pytest.mark.parametrize(
-    "page",
-    ["views/analyze.py", "views/gallery.py", "views/model_card.py", "views/about.py"],
+    ("page", "heading"),
+    [
+        (None, "Analyse a brain MRI"),
+        ("pages/gallery.py", "Gallery of real test cases"),
+        ("pages/model_card.py", "Model card"),
+        ("pages/about.py", "About this demo"),
+    ],
 )
-def test_every_page_renders_with_disclaimer(fake_pipeline, page):
+def test_every_page_renders_its_heading_the_notice_and_the_menu(fake_pipeline, page, heading):
     at = run_app(page)
     assert not at.exception, at.exception
+    assert [t.value for t in at.title] == [heading]
     assert DISCLAIMER in texts(at)
+    assert [link.value for link in at.page_link][: len(MENU)] == MENU
 
 
 def test_png_upload_gives_verdict_and_slider_only_redraws(fake_pipeline):
@@ -142,7 +152,7 @@ def test_nifti_volume_slices_and_sweep(fake_pipeline):
 
 
 def test_gallery_pick_opens_analysis_with_expert_outline(fake_pipeline, tiny_gallery):
-    at = run_app("views/gallery.py")
+    at = run_app("pages/gallery.py")
     assert not at.exception, at.exception
     at.button(key="open_t1").click().run()
     assert not at.exception, at.exception
@@ -231,7 +241,7 @@ def test_model_card_renders_what_it_has(monkeypatch, tmp_path, metrics, expected
         "epoch,acc,loss,val_acc,val_loss,lr\n0,0.6,1.0,0.6,0.9,0.001\n1,0.8,0.6,0.7,0.7,0.001\n"
     )
     monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
-    at = run_app("views/model_card.py")
+    at = run_app("pages/model_card.py")
     assert not at.exception, at.exception
     for label, value in expected.items():
         assert metric(at, label) == value
@@ -257,7 +267,7 @@ def test_model_card_shows_the_test_intervals_it_has(monkeypatch, tmp_path, confi
     metrics = dict(METRICS) if confidence is None else {**METRICS, "confidence": confidence}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
-    at = run_app("views/model_card.py")
+    at = run_app("pages/model_card.py")
     assert not at.exception, at.exception
     for words in shown:
         assert words in texts(at)
@@ -280,7 +290,7 @@ def test_model_card_marks_where_each_training_stage_starts(monkeypatch, tmp_path
         "epoch,stage,size,loss,val_loss\n0,1,128,0.9,0.95\n1,1,128,0.5,0.6\n2,2,256,0.4,0.5\n3,3,256,0.3,0.45\n"
     )
     monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
-    at = run_app("views/model_card.py")
+    at = run_app("pages/model_card.py")
     assert not at.exception, at.exception
     (chart,) = at.get("plotly_chart")
     spec = chart.proto.spec
@@ -300,7 +310,7 @@ def test_model_card_says_how_many_test_slices_the_app_refused(monkeypatch, tmp_p
     }
     (tmp_path / "metrics.json").write_text(json.dumps({**METRICS, "n_slices": 100, "refused": refused}))
     monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
-    at = run_app("views/model_card.py")
+    at = run_app("pages/model_card.py")
     assert not at.exception, at.exception
     captions = " ".join(c.value for c in at.caption)
     assert "Test split: 100 slices. A further 7 slices are left out" in captions
@@ -314,7 +324,7 @@ def test_model_card_says_what_each_training_stage_was_from_the_manifest(monkeypa
     stages = {"segmenter": {"stage1": "128 px from random init", "stage2": "warm restart: the second segmenter"}}
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": stages}))
     monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
-    at = run_app("views/model_card.py")
+    at = run_app("pages/model_card.py")
     assert not at.exception, at.exception
     shown = texts(at)
     assert "**stage 1**: 128 px from random init" in shown

@@ -7,6 +7,7 @@ Skips when Chromium or the trained weights are missing (CI installs both).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -49,8 +50,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url():
+@contextlib.contextmanager
+def streamlit_server():
+    """A fresh ``streamlit run app.py`` on a free loopback port; yields its URL."""
     port = free_port()
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     env.pop("TUMOR_WEIGHTS_DIR", None)
@@ -95,6 +97,12 @@ def server_url():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    with streamlit_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +184,23 @@ def test_dicom_upload_shows_mm_and_pdf(page, tmp_path):
     assert saved.read_bytes().startswith(b"%PDF")
     assert b"Doe" not in saved.read_bytes()
     page.screenshot(path=str(tmp_path / "dicom.png"), full_page=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "heading"),
+    [("gallery", "Gallery of real test cases"), ("model_card", "Model card"), ("about", "About this demo")],
+)
+def test_deep_link_is_the_first_request_of_a_fresh_server(browser, path, heading):
+    # A fresh server per page: the deep link is the first page it serves, as for a shared URL.
+    with streamlit_server() as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            pg = context.new_page()
+            pg.goto(f"{url}/{path}", wait_until="domcontentloaded")
+            pg.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
+            assert pg.get_by_text("Research demo, not for diagnosis").first.is_visible()
+            for title in ("Analyze", "Gallery", "Model card", "About"):
+                assert pg.get_by_role("link", name=title).first.is_visible()
+            assert pg.get_by_text("Page not found").count() == 0
+        finally:
+            context.close()

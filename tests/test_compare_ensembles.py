@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_train_eval import HAS_WEIGHTS, ROOT, _gallery_manifest
 
-from tumor import compare_ensembles, data, evaluate
+from tumor.lab import compare_ensembles, data, evaluate
 from tumor.pipeline import Member, Pipeline
 
 

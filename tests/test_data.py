@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tumor import data
+from tumor.lab import data
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MANIFEST = ROOT.parent / "shared" / "data" / "manifest.csv"

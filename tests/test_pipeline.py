@@ -592,7 +592,7 @@ def test_registry_refuses_unknown_or_incomplete_routes(tmp_path, name, inputs, m
 
 def test_benchmark_compare_runs_every_folder_on_every_slice_and_sorts_by_outcome(monkeypatch, capsys):
     """``benchmark --compare``: each folder's pipeline analyses every gallery slice; positives and negatives apart."""
-    from tumor import benchmark
+    from tumor.lab import benchmark
 
     pipes = {"pos": _pipeline((0.1, 0.8, 0.05, 0.05)), "neg": _pipeline((0.9, 0.05, 0.03, 0.02))}
     monkeypatch.setattr(benchmark.Pipeline, "from_weights_dir", classmethod(lambda cls, d: pipes[d]))

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tumor import data, models, train
+from tumor import models
+from tumor.lab import data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY = ROOT / "gallery"
@@ -73,7 +74,7 @@ def test_segmenter_subset_keeps_every_positive_and_some_negatives():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
 def test_evaluate_on_a_gallery_manifest_gives_the_expected_keys(tmp_path):
-    from tumor import evaluate
+    from tumor.lab import evaluate
 
     out = tmp_path / "metrics.json"
     evaluate.main(["--manifest", str(_gallery_manifest(tmp_path)), "--out", str(out)])
@@ -124,7 +125,7 @@ def test_train_cli_runs_on_packed_slices_and_writes_its_artefacts(tmp_path):
 
 
 def test_calibrate_keeps_the_sensitivity_floor_and_drops_specks_only_when_dice_gains():
-    from tumor import evaluate
+    from tumor.lab import evaluate
 
     rng = np.random.default_rng(0)
     rows = []
@@ -151,7 +152,7 @@ def test_calibrate_keeps_the_sensitivity_floor_and_drops_specks_only_when_dice_g
 
 
 def test_segmentation_score_pools_lgg_patients_applies_the_cascade_and_averages_the_scored_sources():
-    from tumor import evaluate
+    from tumor.lab import evaluate
 
     def row(source, patient, p, truth_px, pred_px):
         truth = np.zeros((10, 10), bool)
@@ -188,7 +189,8 @@ def test_segmentation_score_pools_lgg_patients_applies_the_cascade_and_averages_
 def test_calibrate_cli_writes_its_choice_into_a_copy_of_the_weights_folder(tmp_path):
     import shutil
 
-    from tumor import evaluate, weights
+    from tumor import weights
+    from tumor.lab import evaluate
 
     wdir = tmp_path / "weights"
     wdir.mkdir()
@@ -298,7 +300,7 @@ def test_keep_sources_keeps_every_array_aligned_and_refuses_an_unknown_source():
 
 
 def test_val_grey_makes_only_the_validation_slices_greyscale(tmp_path):
-    from tumor import data
+    from tumor.lab import data
 
     colour = np.zeros((2, 8, 8, 3), np.uint8)
     colour[..., 0], colour[..., 1], colour[..., 2] = 40, 120, 220
@@ -315,7 +317,7 @@ def test_val_grey_makes_only_the_validation_slices_greyscale(tmp_path):
 
 
 def test_flair_only_evaluation_feeds_the_pipeline_grey_slices(tmp_path):
-    from tumor import evaluate
+    from tumor.lab import evaluate
     from tumor.pipeline import Pipeline
 
     seen = []
@@ -342,7 +344,7 @@ def test_flair_only_evaluation_feeds_the_pipeline_grey_slices(tmp_path):
 def test_evaluate_leaves_out_and_counts_the_slices_the_app_refuses(tmp_path):
     from PIL import Image
 
-    from tumor import evaluate
+    from tumor.lab import evaluate
     from tumor.pipeline import Pipeline
 
     manifest = _gallery_manifest(tmp_path)
@@ -375,7 +377,7 @@ def test_evaluate_leaves_out_and_counts_the_slices_the_app_refuses(tmp_path):
 
 @pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
 def test_card_states_how_many_slices_the_app_refused():
-    from tumor import card
+    from tumor.lab import card
 
     metrics = json.loads((ROOT / "weights" / "metrics.json").read_text())
     metrics["refused"] = {
@@ -391,7 +393,7 @@ def test_card_states_how_many_slices_the_app_refused():
 
 
 def test_calibrated_tumour_threshold_keeps_the_sensitivity_floor_after_rounding():
-    from tumor import evaluate
+    from tumor.lab import evaluate
 
     # 19 of 20 tumour slices must stay positive; the 19th-highest sits at 0.37937,
     # which rounding to 4 decimals would lift to 0.3794, past the slice.
@@ -410,7 +412,7 @@ def test_calibrated_tumour_threshold_keeps_the_sensitivity_floor_after_rounding(
 
 
 def test_training_benchmark_times_a_real_step_and_restores_the_dtype_policy():
-    from tumor import benchmark
+    from tumor.lab import benchmark
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -491,7 +493,7 @@ def _bootstrap_row(source, group, label, p, truth_px, pred_px, type_pred="glioma
 
 
 def test_bootstrap_resamples_lgg_patients_healthy_groups_and_figshare_slices():
-    from tumor import evaluate
+    from tumor.lab import evaluate
 
     res = pd.DataFrame(
         [
@@ -509,7 +511,7 @@ def test_bootstrap_resamples_lgg_patients_healthy_groups_and_figshare_slices():
 
 
 def test_bootstrap_intervals_are_exact_where_the_units_agree_and_spread_where_they_differ():
-    from tumor import evaluate
+    from tumor.lab import evaluate
 
     # Two LGG patients of two slices each: A outlined exactly (Dice 1), B's tumour slices both missed (Dice 0).
     rows = [
@@ -539,7 +541,7 @@ def test_bootstrap_intervals_are_exact_where_the_units_agree_and_spread_where_th
 
 @pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
 def test_card_shows_each_figures_interval_and_how_it_was_drawn():
-    from tumor import card
+    from tumor.lab import card
 
     metrics = json.loads((ROOT / "weights" / "metrics.json").read_text())
     metrics.pop("confidence", None)

@@ -104,7 +104,7 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
     if not manifest.is_file():
         raise WeightsError(
             f"No model weights found: {manifest} is missing. Restore the weights/ folder from the repository "
-            "(git checkout -- weights) or train them with `python -m tumor.train`."
+            "(git checkout -- weights) or train them with `python -m tumor.lab.train`."
         )
     try:
         raw = json.loads(manifest.read_text())

@@ -1,6 +1,6 @@
 """Streamlit helpers shared by the pages: cached loaders and result rendering.
 
-Not a page itself (app.py lists the pages explicitly). Model work happens in
+Not a page itself; the frame every page draws first is ``ui.frame``. Model work happens in
 ``tumor``; this module only caches it and draws what it returns. Uploaded
 bytes stay in memory: nothing here writes them to disk or logs them.
 """
@@ -24,7 +24,7 @@ from PIL import Image
 from tumor.errors import InputError, WeightsError
 
 # Paths and display constants, gathered here.
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR_ENV = "TUMOR_WEIGHTS_DIR"  # overrides the weights folder (tests use it)
 GALLERY_DIR_ENV = "TUMOR_GALLERY_DIR"
 DEFAULT_WEIGHTS_DIR = ROOT / "weights"
@@ -47,19 +47,6 @@ ROUTE_NOTES = {
     "colour": " · colour composite: outlined by the segmenters for multi-sequence composites",
 }
 GALLERY_PICK_KEY = "gallery_pick"  # session_state key the gallery hands to Analyze
-DISCLAIMER = (
-    "**Research demo, not for diagnosis.** Results come from a model trained on "
-    "two public datasets and may be wrong; never use them for patient care."
-)
-
-
-def disclaimer() -> None:
-    """The "not for diagnosis" banner; every page calls it first.
-
-    Each page draws it itself rather than app.py, so that it shows even when a
-    page runs outside ``st.navigation`` (Streamlit's ``pages/`` fallback).
-    """
-    st.warning(DISCLAIMER, icon=":material/warning:")
 
 
 def weights_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Speed benchmark: ``python -m tumor.benchmark [--repeats N] [--training | --compare DIR DIR ...]``.
+"""Speed benchmark: ``python -m tumor.lab.benchmark [--repeats N] [--training | --compare DIR DIR ...]``.
 
 Prints the figures a user feels: model loading, the first and the typical
 single-slice analysis (classifier, plus segmenter on positives), the mask
@@ -23,7 +23,7 @@ import pandas as pd
 from tumor.io import read_image
 from tumor.pipeline import Pipeline
 
-GALLERY = Path(__file__).resolve().parent.parent / "gallery"
+GALLERY = Path(__file__).resolve().parents[2] / "gallery"
 
 
 def _ms(samples: list[float]) -> str:
@@ -38,7 +38,8 @@ def training_step_seconds(
     """Seconds per slice of a training step (augmentation included) at ``size`` px, after one warm-up step."""
     import keras
 
-    from tumor import models, train
+    from tumor import models
+    from tumor.lab import train
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
@@ -67,8 +68,8 @@ def training_step_seconds(
 
 def _training(precisions: list[str], weights_dir: str | None) -> None:
     """Prints training-step speed of each kind's first network, at its shipped input size."""
-    from tumor import train
     from tumor import weights as weights_lib
+    from tumor.lab import train
 
     registry = weights_lib.read_registry(weights_dir or weights_lib.DEFAULT_WEIGHTS_DIR)
     print(f"auto precision here: {train.resolve_precision('auto')}")

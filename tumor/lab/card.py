@@ -1,6 +1,6 @@
-"""Renders the metrics tables of the model card: ``python -m tumor.card``.
+"""Renders the metrics tables of the model card: ``python -m tumor.lab.card``.
 
-Reads ``weights/metrics.json`` (written by ``tumor.evaluate``) and the training
+Reads ``weights/metrics.json`` (written by ``tumor.lab.evaluate``) and the training
 summaries, and replaces the block between the ``<!-- metrics:begin -->`` and
 ``<!-- metrics:end -->`` markers of ``weights/MODEL_CARD.md`` and ``README.md``,
 so the numbers in the prose are never typed by hand.
@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # name: (group, key, bar, name of its interval in metrics["confidence"]["intervals"], from evaluate.bootstrap_intervals)
 BARS = {
     "detection AUC": ("detection", "auc", 0.97, "auc"),
@@ -68,7 +68,8 @@ def render(metrics: dict) -> str:
         f"{metrics['detection']['threshold']}, mask threshold {metrics['segmentation']['mask_threshold']}"
         f"{_component_words(metrics['segmentation'].get('min_component_fraction', 0.0))}, "
         "all chosen on the validation split). Command: "
-        "`python -m tumor.evaluate --manifest ../shared/data/manifest.csv --split test --out weights/metrics.json`.",
+        "`python -m tumor.lab.evaluate --manifest ../shared/data/manifest.csv --split test "
+        "--out weights/metrics.json`.",
         "",
         "| metric | test | 95% interval | bar | met |",
         "|---|---|---|---|---|",

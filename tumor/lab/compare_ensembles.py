@@ -1,6 +1,6 @@
 """Choose an ensemble on validation from cached per-network outputs.
 
-``python -m tumor.compare_ensembles --manifest M --classifier NAME=PATH ... --segmenter NAME=PATH[@SIZE] ...
+``python -m tumor.lab.compare_ensembles --manifest M --classifier NAME=PATH ... --segmenter NAME=PATH[@SIZE] ...
 --classifier-sets A+B A+C ... --segmenter-sets ... [--baseline A+B/X+Y]``
 
 Each network runs once over the split, through ``Pipeline.analyze`` with the
@@ -47,9 +47,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tumor import data
 from tumor import weights as weights_lib
-from tumor.evaluate import (
+from tumor.lab import data
+from tumor.lab.evaluate import (
     LGG,
     _summary,
     apply_cascade,
@@ -260,7 +260,7 @@ def calibration_record(
     doc = calibration_document(
         split,
         [report],
-        note=f"computed by python -m tumor.compare_ensembles on the averaged cached per-network {split} outputs "
+        note=f"computed by python -m tumor.lab.compare_ensembles on the averaged cached per-network {split} outputs "
         f"of {pair_label(row)}, flip averaging {'on' if flip_tta else 'off'}; see MODEL_CARD.md",
     )
     doc["networks"] = {kind: {n: entries[kind][n].sha256 for n in row[kind]} for kind in KINDS}

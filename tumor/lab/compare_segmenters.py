@@ -1,6 +1,6 @@
 """Compare segmenter weights on validation tumour slices, without the cascade.
 
-``python -m tumor.compare_segmenters --manifest M WEIGHTS:SIZE [WEIGHTS:SIZE ...]``
+``python -m tumor.lab.compare_segmenters --manifest M WEIGHTS:SIZE [WEIGHTS:SIZE ...]``
 
 Each candidate runs on every tumour slice of the split, with flip averaging,
 and is scored by Dice at the slice's own resolution (the mask is resized back
@@ -16,9 +16,10 @@ import json
 
 import numpy as np
 
-from tumor import data, metrics, models
-from tumor.evaluate import read_mask
+from tumor import metrics, models
 from tumor.io import read_image
+from tumor.lab import data
+from tumor.lab.evaluate import read_mask
 from tumor.pipeline import Pipeline
 
 THRESHOLDS = (0.3, 0.4, 0.5)

@@ -25,7 +25,7 @@ from tumor.models import CLASS_NAMES, INPUT_SIZE, to_model_square
 FIGSHARE_FOLD_SPLIT = {"1": "train", "2": "train", "3": "val", "4": "test"}
 GROUP_FRACTIONS = (("train", 0.70), ("val", 0.15), ("test", 0.15))
 SPLIT_SEED = "tumor-split-v1"
-DEFAULT_SPLIT_FILE = Path(__file__).resolve().parent.parent / "weights" / "split.csv"
+DEFAULT_SPLIT_FILE = Path(__file__).resolve().parents[2] / "weights" / "split.csv"
 REQUIRED_COLUMNS = ("image_path", "mask_path", "label", "source", "group_id")
 
 
@@ -166,7 +166,7 @@ def make_dataset(
     would hold a second copy); it reshuffles every epoch with ``seed`` when
     ``shuffle``, batches whole batches only (a ragged last batch would make a
     compiled step retrace) and prefetches. Augmentation is not done here: it
-    runs inside the model's training graph (``tumor.train``).
+    runs inside the model's training graph (``tumor.lab.train``).
 
     Args:
         x: inputs, first axis = slices.

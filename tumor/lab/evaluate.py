@@ -1,4 +1,4 @@
-"""Evaluation CLI: ``python -m tumor.evaluate --manifest PATH [--split test|val|all] --out metrics.json``.
+"""Evaluation CLI: ``python -m tumor.lab.evaluate --manifest PATH [--split test|val|all] --out metrics.json``.
 
 Runs the shipped pipeline exactly as the app does (``Pipeline.analyze`` on
 each slice read by ``tumor.io``) over every row of a manifest, or over one
@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-from tumor import data, metrics
+from tumor import metrics
 from tumor.errors import InputError
 from tumor.io import read_image
+from tumor.lab import data
 from tumor.models import CLASS_NAMES, TUMOR_TYPES
 from tumor.pipeline import Pipeline, is_grey, threshold_mask
 

@@ -1,4 +1,4 @@
-"""Builds the shipped gallery: ``python -m tumor.gallery``.
+"""Builds the shipped gallery: ``python -m tumor.lab.gallery``.
 
 Picks fixed real slices from the committed *test* split only (never from
 training or validation), covering every class and both sequences, and copies
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tumor import data
+from tumor.lab import data
 
-GALLERY_DIR = Path(__file__).resolve().parent.parent / "gallery"
+GALLERY_DIR = Path(__file__).resolve().parents[2] / "gallery"
 # (source, label, how many): positives are drawn among mid-sized tumours.
 PICKS = (
     ("lgg_kaggle_3m", "glioma", 3),

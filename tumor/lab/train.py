@@ -1,4 +1,4 @@
-"""Training CLI: ``python -m tumor.train classifier|segmenter``.
+"""Training CLI: ``python -m tumor.lab.train classifier|segmenter``.
 
 Backend-agnostic Keras 3: it runs on TensorFlow here (``mixed_bfloat16`` on
 the CPU) and on JAX or PyTorch on a GPU machine. Augmentation runs inside the
@@ -57,7 +57,7 @@ def resolve_precision(precision: str, cpu_flags: set[str] | None = None, acceler
     ``"auto"`` takes ``mixed_bfloat16`` on an accelerator or on a CPU with
     native bfloat16 (AVX-512 BF16 or AMX), and ``float32`` elsewhere: without
     them bfloat16 is emulated, which on a 2-core AVX2 CPU made a training step
-    6 to 10 times slower than float32 (``python -m tumor.benchmark --training``).
+    6 to 10 times slower than float32 (``python -m tumor.lab.benchmark --training``).
     Any other value is returned as given.
     """
     if precision != "auto":
@@ -340,7 +340,7 @@ def keep_sources(arrays: dict[str, np.ndarray], sources: list[str]) -> dict[str,
 
 
 def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
-    from tumor import data
+    from tumor.lab import data
 
     if args.packed:
         arrays = data.load_packed(Path(args.packed) / f"{split}.npz")
@@ -353,7 +353,7 @@ def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
         arrays["sources"] = df["source"].to_numpy()
     if split == "val" and args.val_grey:
         # Select the checkpoint on the slices a greyscale-routed network will see.
-        from tumor.evaluate import flair_only
+        from tumor.lab.evaluate import flair_only
 
         arrays["images"] = flair_only(arrays["images"])
     return keep_sources(arrays, args.source)
@@ -391,7 +391,7 @@ def train(args: argparse.Namespace) -> dict:
         x_tr, x_va = tr["images"][idx_tr], va["images"]
         y_tr = keras.utils.to_categorical(tr["labels"][idx_tr], len(models.CLASS_NAMES))
         y_va = keras.utils.to_categorical(va["labels"], len(models.CLASS_NAMES))
-        from tumor.data import class_weights
+        from tumor.lab.data import class_weights
 
         cw = class_weights(tr["labels"])
         sw_tr = np.array([cw[int(c)] for c in tr["labels"][idx_tr]], np.float32)
@@ -433,7 +433,7 @@ def train(args: argparse.Namespace) -> dict:
     t0 = time.monotonic()
     callbacks = [budget, saver, keras.callbacks.CSVLogger(str(log_path))]
     if keras.backend.backend() == "tensorflow":
-        from tumor.data import make_dataset
+        from tumor.lab.data import make_dataset
 
         ds_tr = make_dataset(x_tr, y_tr, sw_tr, batch=args.batch, shuffle=True, seed=args.seed)
         ds_va = make_dataset(x_va, y_va, batch=args.batch, shuffle=False)

@@ -1,4 +1,4 @@
-"""Analyze: upload a slice, DICOM or NIfTI volume (or take a gallery pick)."""
+"""Analyze (the home page): upload a slice, DICOM or NIfTI volume, or take a gallery pick."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-import ui_common as ui
 from tumor.errors import InputError
+from ui import common as ui
+from ui.frame import page_frame
 
-ui.disclaimer()
+page_frame("Analyze")
 
 NIFTI_MAGIC = (b"n+1\x00", b"ni1\x00")
 
@@ -223,7 +224,7 @@ else:
             "PNG/JPEG/TIFF/BMP/WebP slices, DICOM and NIfTI volumes."
         )
         st.page_link(
-            "views/gallery.py",
+            "pages/gallery.py",
             label="Open the gallery",
             icon=":material/photo_library:",
         )
