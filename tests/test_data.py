@@ -12,8 +12,10 @@ from tumor.lab import data
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MANIFEST = ROOT.parent / "shared" / "data" / "manifest.csv"
+BRATS_MANIFEST = ROOT.parent / "shared" / "data" / "manifest_brats_flair.csv"
 needs_shared = pytest.mark.skipif(
-    not SHARED_MANIFEST.is_file(), reason=f"training data not present at {SHARED_MANIFEST}"
+    not (SHARED_MANIFEST.is_file() and BRATS_MANIFEST.is_file()),
+    reason=f"training data not present at {SHARED_MANIFEST.parent}",
 )
 
 
@@ -58,7 +60,7 @@ def test_split_of_a_group_does_not_depend_on_the_other_rows():
 
 @needs_shared
 def test_committed_split_matches_the_rule_and_is_group_disjoint():
-    df = data.load_split(data.read_manifest(SHARED_MANIFEST))
+    df = data.load_split(data.read_manifests([SHARED_MANIFEST, BRATS_MANIFEST]))
     committed = pd.read_csv(data.DEFAULT_SPLIT_FILE, dtype=str, keep_default_na=False)
     assert len(committed) == len(df)
     assert (
@@ -67,6 +69,28 @@ def test_committed_split_matches_the_rule_and_is_group_disjoint():
     assert (df.groupby("group_id")["split"].nunique() == 1).all()
     lgg = df[df["source"] == "lgg_kaggle_3m"].drop_duplicates("group_id")["split"].value_counts(normalize=True)
     assert 0.6 < lgg["train"] < 0.8 and 0.08 < lgg["test"] < 0.25
+
+
+@needs_shared
+def test_brats_patients_shared_with_lgg_sit_on_the_lgg_side_and_old_rows_keep_their_split():
+    committed = pd.read_csv(data.DEFAULT_SPLIT_FILE, dtype=str, keep_default_na=False)
+    brats = committed[committed["source"] == "brats_flair"]
+    assert brats["group_id"].nunique() == 23 and len(brats) == 442
+    shared = sorted(set(brats["group_id"]) & set(committed.loc[committed["source"] == "lgg_kaggle_3m", "group_id"]))
+    assert shared == ["TCGA_DU_A5TR", "TCGA_DU_A5TW", "TCGA_HT_7473"]
+    for group in shared:
+        assert committed.loc[committed["group_id"] == group, "split"].nunique() == 1, group
+    # Adding the BraTS manifest moved no row of the main one.
+    main_only = data.load_split(data.read_manifest(SHARED_MANIFEST), split_file="/nonexistent")
+    merged = committed.set_index("image_path")["split"]
+    assert (main_only.set_index("image_path")["split"] == merged.loc[main_only["image_path"]]).all()
+
+
+def test_check_group_disjoint_names_the_groups_on_two_sides():
+    df = pd.DataFrame({"group_id": ["a", "a", "b"], "split": ["train", "val", "test"]})
+    with pytest.raises(ValueError, match=r"\['a'\]"):
+        data.check_group_disjoint(df)
+    data.check_group_disjoint(df.iloc[1:])
 
 
 def test_class_weights_are_inverse_to_frequency_with_mean_one():

@@ -27,6 +27,8 @@ GROUP_FRACTIONS = (("train", 0.70), ("val", 0.15), ("test", 0.15))
 SPLIT_SEED = "tumor-split-v1"
 DEFAULT_SPLIT_FILE = Path(__file__).resolve().parents[2] / "weights" / "split.csv"
 REQUIRED_COLUMNS = ("image_path", "mask_path", "label", "source", "group_id")
+# The committed split covers both manifests; the BraTS FLAIR one came later and has a file of its own.
+DEFAULT_MANIFESTS = ("../shared/data/manifest.csv", "../shared/data/manifest_brats_flair.csv")
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -51,6 +53,30 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     df["image_file"] = [str(root / p) for p in df["image_path"]]
     df["mask_file"] = [str(root / p) if p else "" for p in df["mask_path"]]
     return df
+
+
+def read_manifests(paths: list[str | Path] | tuple[str | Path, ...]) -> pd.DataFrame:
+    """Reads several manifests (``read_manifest`` each) into one frame, in the order given.
+
+    A patient can appear in two sources (three BraTS FLAIR patients are also LGG
+    patients): their rows share a ``group_id``, so ``assign_split`` puts them on
+    one side. Image paths must be unique across the manifests.
+    """
+    if not paths:
+        raise ValueError("Expected at least one manifest. Received: paths=[]")
+    df = pd.concat([read_manifest(p) for p in paths], ignore_index=True)
+    dup = df["image_path"][df["image_path"].duplicated()]
+    if len(dup):
+        raise ValueError(f"Image paths repeat across the manifests. Received: {sorted(set(dup))[:5]}")
+    return df
+
+
+def check_group_disjoint(df: pd.DataFrame) -> None:
+    """Raises ValueError when a ``group_id`` sits in more than one split (``df`` has a ``split`` column)."""
+    spread = df.groupby("group_id")["split"].nunique()
+    bad = sorted(spread[spread > 1].index)
+    if bad:
+        raise ValueError(f"Groups on two sides of the split: {bad[:10]} ({len(bad)} in all)")
 
 
 def _group_bucket(group_id: str) -> str:
@@ -195,10 +221,16 @@ def make_dataset(
     return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def write_split(manifest: str | Path, out: str | Path = DEFAULT_SPLIT_FILE) -> pd.DataFrame:
-    """Writes the split of every row of ``manifest`` to ``out`` (CSV)."""
-    df = read_manifest(manifest)
+def write_split(manifests: str | Path | list[str | Path], out: str | Path = DEFAULT_SPLIT_FILE) -> pd.DataFrame:
+    """Writes the split of every row of ``manifests`` (one path or several) to ``out`` (CSV).
+
+    Each row's split depends only on its own source, fold and group, so adding
+    a manifest never moves a row of another.
+    """
+    paths = [manifests] if isinstance(manifests, (str, Path)) else list(manifests)
+    df = read_manifests(paths)
     df["split"] = assign_split(df)
+    check_group_disjoint(df)
     cols = ["image_path", "source", "label", "group_id", "split"]
     df[cols].sort_values("image_path").to_csv(out, index=False)
     return df
@@ -206,11 +238,15 @@ def write_split(manifest: str | Path, out: str | Path = DEFAULT_SPLIT_FILE) -> p
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the committed group split of a manifest.")
-    parser.add_argument("--manifest", default="../shared/data/manifest.csv", help="manifest CSV (default: %(default)s)")
+    parser.add_argument(
+        "--manifest",
+        action="append",
+        help=f"manifest CSV; repeat for several (default: {' and '.join(DEFAULT_MANIFESTS)})",
+    )
     parser.add_argument("--out", default=str(DEFAULT_SPLIT_FILE), help="split CSV to write (default: %(default)s)")
     parser.add_argument("--pack", default="", help="also write packed train/val .npz here (default: none)")
     args = parser.parse_args(argv)
-    df = write_split(args.manifest, args.out)
+    df = write_split(args.manifest or list(DEFAULT_MANIFESTS), args.out)
     if args.pack:
         Path(args.pack).mkdir(parents=True, exist_ok=True)
         for split in ("train", "val"):
