@@ -559,3 +559,22 @@ def test_card_shows_each_figures_interval_and_how_it_was_drawn():
     assert " | 0.610–0.840 | 0.8 | " in lines["| LGG Dice per patient (mean)"]
     assert " | – | 0.9 | " in lines["| sensitivity"]  # no interval given, none shown
     assert "95% percentile bootstrap (2000 resamples, seed 0)" in text
+
+
+def test_card_gives_each_source_a_wilson_interval_from_its_slice_counts():
+    from tumor.lab import card
+
+    figures = {"detection": {"threshold": 0.5}, "type": {}, "segmentation": {"mask_threshold": 0.2}}
+    per_source = {
+        "n_slices": 30,
+        "n_tumor": 10,
+        "n_no_tumor": 20,
+        "detection": {"auc": 0.9, "sensitivity": 0.5, "specificity": 1.0},
+        "type": {"accuracy": None},
+        "segmentation": {"tumor_slice_dice_mean": 0.7},
+    }
+    text = card.render({"n_slices": 30, **figures, "per_source": {"lgg_kaggle_3m": per_source}})
+    (row,) = [line for line in text.splitlines() if line.startswith("| lgg_kaggle_3m |")]
+    # 5 of 10: Wilson 0.237-0.763; 20 of 20: 0.839-1.000; no type accuracy, no interval.
+    assert row == "| lgg_kaggle_3m | 30 | 10 / 20 | 0.900 | 0.500 (0.237–0.763) | 1.000 (0.839–1.000) | – | 0.700 |"
+    assert "Wilson intervals over slices" in text

@@ -1,9 +1,9 @@
 """Renders the metrics tables of the model card: ``python -m tumor.lab.card``.
 
-Reads ``weights/metrics.json`` (written by ``tumor.lab.evaluate``) and the training
-summaries, and replaces the block between the ``<!-- metrics:begin -->`` and
-``<!-- metrics:end -->`` markers of ``weights/MODEL_CARD.md`` and ``README.md``,
-so the numbers in the prose are never typed by hand.
+Reads ``weights/metrics.json`` (written by ``tumor.lab.evaluate``) and replaces
+the block between the ``<!-- metrics:begin -->`` and ``<!-- metrics:end -->``
+markers of ``weights/MODEL_CARD.md`` and ``README.md``, so the numbers in the
+prose are never typed by hand.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import argparse
 import json
 import re
 from pathlib import Path
+
+from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parents[2]
 # name: (group, key, bar, name of its interval in metrics["confidence"]["intervals"], from evaluate.bootstrap_intervals)
@@ -29,6 +31,15 @@ SOURCES = ("lgg_kaggle_3m", "figshare_cheng", "nickparvar_notumor", "navoneel_no
 
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
+
+
+def _fmt_wilson(value, n: int | None) -> str:
+    """``value (low–high)``: the 95% Wilson interval of a proportion of ``n`` slices."""
+    if value is None or not n:
+        return _fmt(value)
+    # metrics.json stores proportions; the counts behind them are exact at this rounding.
+    ci = binomtest(round(value * n), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return f"{value:.3f} ({ci.low:.3f}–{ci.high:.3f})"
 
 
 def _component_words(fraction: float) -> str:
@@ -54,7 +65,7 @@ def _interval_words(confidence: dict | None) -> list[str]:
         return []
     return [
         "",
-        f"Intervals: {confidence['level']:.0%} percentile bootstrap ({confidence['n_resamples']} resamples, "
+        f"Headline intervals: {confidence['level']:.0%} percentile bootstrap ({confidence['n_resamples']} resamples, "
         f"seed {confidence['seed']}), drawing whole units within each source: {confidence['units']}. "
         "Slices of one figshare patient are not independent, so the figshare intervals are too narrow.",
     ]
@@ -93,9 +104,14 @@ def render(metrics: dict) -> str:
         d, t, s = m["detection"], m["type"], m["segmentation"]
         lines.append(
             f"| {source} | {m['n_slices']} | {m['n_tumor']} / {m['n_no_tumor']} | {_fmt(d['auc'])} | "
-            f"{_fmt(d['sensitivity'])} | {_fmt(d['specificity'])} | {_fmt(t['accuracy'])} | "
-            f"{_fmt(s['tumor_slice_dice_mean'])} |"
+            f"{_fmt_wilson(d['sensitivity'], m['n_tumor'])} | {_fmt_wilson(d['specificity'], m['n_no_tumor'])} | "
+            f"{_fmt_wilson(t['accuracy'], m['n_tumor'])} | {_fmt(s['tumor_slice_dice_mean'])} |"
         )
+    lines += [
+        "",
+        "Per source, in brackets: 95% Wilson intervals over slices. Slices of one patient are not independent, "
+        "so these are narrower than the truth, most for LGG (few patients, many slices each).",
+    ]
     return "\n".join(lines + _interval_words(metrics.get("confidence")) + _refused_words(metrics.get("refused")))
 
 
