@@ -1,0 +1,142 @@
+"""Segmentation-guided typing: features from hand-built slices, the fusion's JSON, the cross-fitting folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tumor.errors import WeightsError
+from tumor.fusion import FEATURE_NAMES, TYPE_NAMES, TypeFusion, location_features
+from tumor.lab import fusion as lab_fusion
+from tumor.measure import brain_mask
+
+
+def head_slice(size: int = 128) -> np.ndarray:
+    """A grey disc of radius 50 (the head) on black."""
+    yy, xx = np.mgrid[:size, :size]
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[(yy - 64) ** 2 + (xx - 64) ** 2 <= 50**2] = 100
+    return rgb
+
+
+def blob(cy: int, cx: int, r: int = 6, size: int = 128) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (((yy - cy) ** 2 + (xx - cx) ** 2) <= r**2).astype(np.float32)
+
+
+def feature(vec: np.ndarray, name: str) -> float:
+    return float(vec[FEATURE_NAMES.index(name)])
+
+
+def test_location_features_place_a_central_low_blob_and_a_rim_blob_apart():
+    rgb = head_slice()
+    central = location_features(rgb, blob(100, 64), [0.2, 0.3, 0.5])
+    rim = location_features(rgb, blob(64, 110), [0.2, 0.3, 0.5])
+    assert abs(feature(central, "centroid_x")) < 0.05 and feature(central, "centroid_y") > 0.6
+    assert feature(rim, "centroid_x") > 0.8 and abs(feature(rim, "centroid_y")) < 0.05
+    assert feature(rim, "edge_distance") < feature(central, "edge_distance")
+    np.testing.assert_allclose(central[:3], np.log([0.2, 0.3, 0.5]))
+    assert feature(central, "grey") == 1.0
+    # mass fraction: blob pixels over head pixels
+    head = brain_mask(rgb)
+    assert feature(central, "mass_fraction") == pytest.approx(blob(100, 64).sum() / head.sum(), rel=1e-9)
+
+
+def test_an_empty_map_leaves_only_the_classifier():
+    vec = location_features(head_slice(), np.zeros((128, 128), np.float32), [1.0, 1.0, 2.0])
+    np.testing.assert_allclose(vec[:3], np.log([0.25, 0.25, 0.5]))
+    assert not vec[3:10].any()
+
+
+def test_location_features_refuse_mismatched_shapes():
+    with pytest.raises(ValueError, match="map"):
+        location_features(head_slice(), np.zeros((64, 64)), [1, 1, 1])
+
+
+def toy_fusion() -> TypeFusion:
+    f = len(FEATURE_NAMES)
+    coef = np.zeros((3, f))
+    coef[2, FEATURE_NAMES.index("centroid_y")] = 5.0  # low and central: pituitary
+    return TypeFusion(mean=np.zeros(f), scale=np.ones(f), coef=coef, intercept=np.zeros(3), fitted_on="toy")
+
+
+def test_fusion_json_round_trip_and_probabilities_sum_to_one():
+    fusion = toy_fusion()
+    back = TypeFusion.from_json(fusion.to_json())
+    x = np.zeros((2, len(FEATURE_NAMES)))
+    x[1, FEATURE_NAMES.index("centroid_y")] = 1.0
+    p = back.type_probabilities(x)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_allclose(p[0], 1 / 3)
+    assert np.argmax(p[1]) == TYPE_NAMES.index("pituitary")
+    assert back.fitted_on == "toy"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda d: d.update(features=d["features"][:-1]), "do not match"),
+        (lambda d: d.update(coef=[[1.0]]), "shape"),
+        (lambda d: d.update(scale=[0.0] * len(FEATURE_NAMES)), "positive"),
+        (lambda d: d.pop("mean"), "mean"),
+    ],
+)
+def test_fusion_json_that_does_not_fit_the_code_is_refused(edit, match):
+    import json
+
+    doc = json.loads(toy_fusion().to_json())
+    edit(doc)
+    with pytest.raises(WeightsError, match=match):
+        TypeFusion.from_json(json.dumps(doc))
+
+
+def toy_arrays(informative: bool, n_per_type: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
+    """figshare-like rows whose classifier is right 60% of the time; the location features say the type or not."""
+    rng = np.random.default_rng(seed)
+    labels, probs, feats = [], [], []
+    for t, name in enumerate(TYPE_NAMES):
+        for _ in range(n_per_type):
+            p = np.full(4, 0.05)
+            guess = t if rng.random() < 0.6 else (t + 1) % 3
+            p[1 + guess] = 0.85
+            f = np.zeros(len(FEATURE_NAMES))
+            f[:3] = np.log(p[1:] / p[1:].sum())
+            f[3:] = rng.normal(size=len(FEATURE_NAMES) - 3)
+            if informative:
+                f[FEATURE_NAMES.index("centroid_y")] = t + 0.2 * rng.normal()
+            labels.append(name)
+            probs.append(p)
+            feats.append(f)
+    n = len(labels)
+    order = rng.permutation(n)
+    return {
+        "probs": np.array(probs)[order],
+        "features": np.array(feats)[order],
+        "label": np.array(labels)[order],
+        "source": np.array(["figshare_cheng"] * n),
+        "group_id": np.array(["figshare_cvfold3"] * n),
+        "orig_name": np.array([f"{i + 1}.mat" for i in range(n)]),
+        "image_path": np.array([f"{i}.jpg" for i in range(n)]),
+    }
+
+
+def test_crossfit_adopts_an_informative_fusion_and_refuses_a_useless_one():
+    good = lab_fusion.crossfit(toy_arrays(informative=True), tumor_threshold=0.5)
+    assert good["type_accuracy"]["classifier"] == pytest.approx(0.6, abs=0.1)
+    assert good["type_accuracy"]["fusion"] > 0.9 and good["adopt"]
+    useless = lab_fusion.crossfit(toy_arrays(informative=False), tumor_threshold=0.5)
+    assert useless["gain"] < lab_fusion.ADOPT_MIN_GAIN and not useless["adopt"]
+
+
+def test_folds_keep_patients_together_and_cut_figshare_into_contiguous_blocks():
+    arrays = {
+        "source": np.array(["figshare_cheng"] * 10 + ["lgg_kaggle_3m"] * 6),
+        "group_id": np.array(["figshare_cvfold3"] * 10 + ["A", "A", "B", "B", "C", "C"]),
+        "orig_name": np.array([f"{n}.mat" for n in (5, 1, 9, 3, 7, 2, 10, 4, 8, 6)] + [""] * 6),
+        "label": np.array(["glioma"] * 16),
+    }
+    fold = lab_fusion.folds(arrays, n_folds=5)
+    by_number = dict(zip([5, 1, 9, 3, 7, 2, 10, 4, 8, 6], fold[:10], strict=True))
+    assert [by_number[n] for n in range(1, 11)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    lgg = fold[10:]
+    assert lgg[0] == lgg[1] and lgg[2] == lgg[3] and lgg[4] == lgg[5]

@@ -1,0 +1,177 @@
+"""Segmentation-guided typing: where the outline lies, fused with the classifier's type probabilities.
+
+Location tells the tumour types apart: pituitary adenomas sit at the sella,
+meningiomas are extra-axial (against the skull or the falx), gliomas are
+intra-axial. ``location_features`` turns the segmenter's probability map into a
+few numbers of position, extent and intensity; ``TypeFusion`` is a multinomial
+logistic regression over those and the classifier's log type probabilities.
+
+Data contract: ``rgb`` is the analysed RGB uint8 slice (H, W, 3), ``prob_map``
+the float32 (H, W) tumour probability in [0, 1] at the same resolution,
+``type_probs`` the classifier's P(glioma), P(meningioma), P(pituitary) (any
+positive scale; renormalised here). The fusion's coefficients are fitted
+offline (``python -m tumor.lab.fusion``) on predictions the networks never
+trained on, and ship as a JSON file pinned by sha256 in the weights manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tumor import measure as measure_lib
+from tumor.errors import WeightsError
+
+TYPE_NAMES: tuple[str, ...] = ("glioma", "meningioma", "pituitary")
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_p_glioma",
+    "log_p_meningioma",
+    "log_p_pituitary",
+    "mass_fraction",  # soft tumour area / brain area
+    "centroid_x",  # -1 (left edge of the head) .. 1 (right edge)
+    "centroid_y",  # -1 (top) .. 1 (bottom)
+    "abs_centroid_x",  # distance from the vertical midline
+    "edge_distance",  # soft mean distance to the head's edge / the head's inscribed radius
+    "spread",  # soft standard deviation of position / head size
+    "relative_intensity",  # soft mean intensity under the map / the head's mean
+    "grey",  # 1 for a single-sequence slice, 0 for a colour composite
+)
+MAP_FLOOR = 0.05  # map values below this carry no weight (keeps the background's noise out)
+EPS = 1e-6
+
+
+def location_features(
+    rgb: np.ndarray, prob_map: np.ndarray, type_probs: np.ndarray, *, brain: np.ndarray | None = None
+) -> np.ndarray:
+    """The fusion's inputs for one slice, float64 in ``FEATURE_NAMES`` order.
+
+    Args:
+        rgb: the slice, RGB uint8 (H, W, 3).
+        prob_map: tumour probability (H, W), float in [0, 1].
+        type_probs: the classifier's probabilities of the three tumour types.
+        brain: the head region (H, W) bool; computed with ``measure.brain_mask`` when None.
+
+    Returns:
+        A (len(FEATURE_NAMES),) vector. With an empty map (nothing above
+        ``MAP_FLOOR``) the location features are 0 and only the classifier speaks.
+    """
+    rgb = np.asarray(rgb)
+    prob_map = np.asarray(prob_map, dtype=np.float64)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or prob_map.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"Expected an RGB slice (H, W, 3) and a map (H, W). Received: rgb={rgb.shape}, map={prob_map.shape}"
+        )
+    tp = np.clip(np.asarray(type_probs, dtype=np.float64).reshape(3), EPS, None)
+    out = np.zeros(len(FEATURE_NAMES))
+    out[:3] = np.log(tp / tp.sum())
+    grey = float(np.abs(rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)).mean() <= 1.0)
+    out[10] = grey
+    head = measure_lib.brain_mask(rgb) if brain is None else np.asarray(brain, bool)
+    w = np.where(prob_map >= MAP_FLOOR, prob_map, 0.0)
+    mass = w.sum()
+    if mass <= EPS or not head.any():
+        return out
+    ys, xs = np.nonzero(head)
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    cx_head, cy_head = (x0 + x1) / 2, (y0 + y1) / 2
+    half_w, half_h = max((x1 - x0) / 2, 1.0), max((y1 - y0) / 2, 1.0)
+    yy, xx = np.mgrid[: w.shape[0], : w.shape[1]]
+    cx = float((w * xx).sum() / mass)
+    cy = float((w * yy).sum() / mass)
+    dist = cv2.distanceTransform(head.astype(np.uint8), cv2.DIST_L2, 5)
+    inscribed = max(float(dist.max()), 1.0)
+    grey_level = rgb.mean(axis=2)
+    head_mean = max(float(grey_level[head].mean()), 1.0)
+    out[3] = mass / head.sum()
+    out[4] = (cx - cx_head) / half_w
+    out[5] = (cy - cy_head) / half_h
+    out[6] = abs(out[4])
+    out[7] = float((w * dist).sum() / mass) / inscribed
+    var = (w * ((xx - cx) ** 2 + (yy - cy) ** 2)).sum() / mass
+    out[8] = float(np.sqrt(var)) / max(half_w, half_h)
+    out[9] = float((w * grey_level).sum() / mass) / head_mean
+    return out
+
+
+@dataclass(frozen=True)
+class TypeFusion:
+    """A multinomial logistic regression over ``location_features`` (standardised).
+
+    Attributes:
+        mean: (F,) feature means used for standardising.
+        scale: (F,) feature scales (never 0).
+        coef: (3, F) coefficients, ``TYPE_NAMES`` order.
+        intercept: (3,) intercepts.
+        fitted_on: what the coefficients were fitted on, in words.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        f = len(FEATURE_NAMES)
+        shapes = {"mean": (f,), "scale": (f,), "coef": (3, f), "intercept": (3,)}
+        for name, shape in shapes.items():
+            value = np.asarray(getattr(self, name), dtype=np.float64)
+            if value.shape != shape or not np.all(np.isfinite(value)):
+                raise ValueError(f"TypeFusion.{name} must be a finite array of shape {shape}. Received: {value!r}")
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+        if np.any(self.scale <= 0):
+            raise ValueError(f"TypeFusion.scale must be positive. Received: {self.scale!r}")
+
+    def type_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """P(glioma), P(meningioma), P(pituitary) for a (F,) or (N, F) feature array; rows sum to 1."""
+        x = (np.atleast_2d(np.asarray(features, dtype=np.float64)) - self.mean) / self.scale
+        logits = x @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        return p[0] if np.ndim(features) == 1 else p
+
+    def to_json(self) -> str:
+        """The coefficients as JSON (``from_json`` reads it back)."""
+        doc = {
+            "features": list(FEATURE_NAMES),
+            "types": list(TYPE_NAMES),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept.tolist(),
+            "fitted_on": self.fitted_on,
+        }
+        return json.dumps(doc, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "the fusion file") -> TypeFusion:
+        """Reads ``to_json``'s output; a file for other features or types is refused.
+
+        Raises:
+            WeightsError: the JSON is unreadable or does not fit this code.
+        """
+        try:
+            doc = json.loads(text)
+            if doc["features"] != list(FEATURE_NAMES) or doc["types"] != list(TYPE_NAMES):
+                raise ValueError(f"features {doc['features']} / types {doc['types']} do not match this code")
+            return cls(
+                mean=np.array(doc["mean"]),
+                scale=np.array(doc["scale"]),
+                coef=np.array(doc["coef"]),
+                intercept=np.array(doc["intercept"]),
+                fitted_on=str(doc.get("fitted_on", "")),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise WeightsError(f"{source} could not be read as a type fusion: {err}") from err
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TypeFusion:
+        """``from_json`` on a file (the caller verifies its sha256 first)."""
+        path = Path(path)
+        return cls.from_json(path.read_text(), source=path.name)
