@@ -74,7 +74,7 @@ def _interval_words(confidence: dict | None) -> list[str]:
 def render(metrics: dict) -> str:
     """Markdown tables: headline figures against the bars, then per source."""
     lines = [
-        f"Test split, {metrics['n_slices']} slices never used for training or tuning "
+        f"Test split, {metrics['n_slices']} slices never trained on "
         f"(model {metrics.get('model_version', '?')}; tumour threshold "
         f"{metrics['detection']['threshold']}, mask threshold {metrics['segmentation']['mask_threshold']}"
         f"{_component_words(metrics['segmentation'].get('min_component_fraction', 0.0))}, "
