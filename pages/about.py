@@ -32,9 +32,12 @@ as a diagnosis: grade and behaviour are settled by histology and a clinician.
 - Not a medical device, not validated clinically, **not for diagnosis**.
 - Not a 3-D segmentation: volumes are swept one 2-D slice at a time.
 - Not trained on your scanner or sequence. The training data are two public
-  datasets (FLAIR-weighted LGG slices and T1 contrast-enhanced figshare
+  datasets (FLAIR-based LGG composites and T1 contrast-enhanced figshare
   slices) plus healthy slices of unverified origin; other sequences,
   resolutions or pathologies are out of domain.
+- Not as good as its test split suggests: on an independent held-out set it
+  misses more low-grade gliomas, above all on slices that hold only FLAIR.
+  The **Model card** page gives the figures and the known failure modes.
 
 ### Privacy
 Uploaded files are decoded in memory and never written to disk or logged. DICOM
@@ -48,12 +51,16 @@ patient name, ID or dates.
 - **figshare brain tumour dataset**: Cheng et al. 2015 and 2016 (PLoS ONE),
   DOI [10.6084/m9.figshare.1512427](https://doi.org/10.6084/m9.figshare.1512427).
   CC BY 4.0.
+- **Healthy slices**: two public Kaggle collections (`nickparvar_notumor`,
+  `navoneel_no`), used only as extra negatives; their sources state no
+  licence, so none is in the gallery.
 
 ### Run it yourself
 ```bash
 python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/streamlit run app.py
 bash .ci/run   # tests: unit, Streamlit AppTest and a headless-browser check
 ```
-Code: MIT licence. See the **Model card** page for test metrics and limits.
+Code: MIT licence. The **Model card** page has the metrics, limits and
+licences; `docs/experiments.md` records how each version was chosen.
 """
 )

@@ -1,12 +1,15 @@
 """Model card: test metrics, training curves, intended use and limits.
 
 Reads weights/metrics.json, the CSV training logs and MODEL_CARD.md directly,
-so it renders without loading TensorFlow; every missing piece says so.
+so it renders without loading TensorFlow; every missing piece says so. The
+held-out figures, intended use, failure modes and licences are sections of
+MODEL_CARD.md, shown as written there, so the page and the card cannot disagree.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,27 +22,14 @@ page_frame("Model card")
 
 NOT_AVAILABLE = "Not available yet."
 
-LIMITS = """
-**Intended use.** Teaching and research: showing what a small 2-D model can
-and cannot read from one MRI slice. **Not for diagnosis**, triage or any
-decision about a patient.
-
-**Known limits.**
-- *Domain gap.* Gliomas come mostly from the LGG set (FLAIR-weighted composite
-  slices, TCGA-LGG); meningiomas and pituitary tumours only from the figshare set
-  (T1 contrast-enhanced). The model can partly learn the sequence instead of
-  the tumour, so a glioma on T1-CE or a meningioma on FLAIR is out of domain.
-- *Healthy images* come from public Kaggle collections whose provenance and
-  labels are not verified. In this project's copy, every `navoneel_no` slice
-  is almost black (brightest pixel 1 or 2 of 255); the app refuses such images,
-  so they count in no test figure.
-- *Benign / malignant* is only a reading of the predicted tumour type (glioma:
-  malignant; meningioma: usually benign, mostly WHO grade 1; pituitary adenoma:
-  benign). It is not a grade and not a histological diagnosis.
-- *2-D only.* Each slice is judged alone; volumes are swept slice by slice.
-- *Licence.* The LGG data are CC BY-NC-SA 4.0 (non-commercial), so the trained
-  weights inherit the non-commercial restriction.
-"""
+# Headings of weights/MODEL_CARD.md whose text this page shows (tests check the shipped card has them).
+HELD_OUT_SECTION = "Validation, test and the independent held-out set"
+CARD_SECTIONS = ("Intended use", "Known failure modes", "Licences")
+# Shown only when MODEL_CARD.md cannot be read: the two facts no page may omit.
+FALLBACK = (
+    "**Not for diagnosis**, triage or any decision about a patient. The LGG training data are "
+    "CC BY-NC-SA 4.0, so the trained weights inherit the non-commercial restriction."
+)
 
 
 def confusion_figure(confusion, labels) -> go.Figure:
@@ -141,6 +131,37 @@ def read_stages(kind: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in stages.items()} if isinstance(stages, dict) else {}
 
 
+def card_sections(text: str) -> dict[str, str]:
+    """``heading -> body`` for every ``##`` and ``###`` heading of a markdown card.
+
+    A body runs to the next heading of the same or a higher level, so a ``##``
+    section keeps its ``###`` subsections.
+    """
+    heads = [
+        (m.start(), m.end(), len(m.group(1)), m.group(2).strip()) for m in re.finditer(r"^(#{2,3}) (.+)$", text, re.M)
+    ]
+    sections = {}
+    for i, (_, end, level, title) in enumerate(heads):
+        stop = next((start for start, _, lvl, _ in heads[i + 1 :] if lvl <= level), len(text))
+        sections[title] = text[end:stop].strip()
+    return sections
+
+
+def read_card() -> str | None:
+    try:
+        return (ui.weights_dir() / "MODEL_CARD.md").read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def show_section(sections: dict[str, str], title: str) -> None:
+    body = sections.get(title)
+    if body:
+        st.markdown(body)
+    else:
+        st.caption(f"MODEL_CARD.md has no section {title!r}.")
+
+
 def read_log(name: str) -> pd.DataFrame | None:
     path = ui.weights_dir() / name
     try:
@@ -150,11 +171,13 @@ def read_log(name: str) -> pd.DataFrame | None:
 
 
 st.title("Model card")
+card_text = read_card()
+sections = card_sections(card_text) if card_text is not None else {}
 metrics = ui.load_metrics()
 if metrics is None:
     st.info("weights/metrics.json is not available yet: test metrics cannot be shown.")
 
-st.subheader("Held-out test results")
+st.subheader("Test split results")
 n = ui.get_path(metrics, "n_slices")
 refused = ui.get_path(metrics, "refused", "n")
 st.caption(
@@ -240,6 +263,12 @@ with right:
     else:
         st.caption(NOT_AVAILABLE)
 
+st.subheader("Independent held-out evaluation")
+if card_text is None:
+    st.caption(f"MODEL_CARD.md: {NOT_AVAILABLE}")
+else:
+    show_section(sections, HELD_OUT_SECTION)
+
 st.subheader("Training curves")
 left, right = st.columns(2)
 for col, (file, title) in zip(
@@ -261,12 +290,16 @@ for col, (file, title) in zip(
         if stages:
             st.caption(" · ".join(f"**{k.replace('stage', 'stage ')}**: {v}" for k, v in stages.items()))
 
-st.subheader("Intended use and limits")
-st.markdown(LIMITS)
+if card_text is None:
+    st.subheader("Intended use and licence")
+    st.markdown(FALLBACK)
+else:
+    for title in CARD_SECTIONS:
+        st.subheader(title)
+        show_section(sections, title)
 
-card = ui.weights_dir() / "MODEL_CARD.md"
 with st.expander("MODEL_CARD.md", expanded=False):
-    try:
-        st.markdown(card.read_text(encoding="utf-8"))
-    except OSError:
+    if card_text is None:
         st.caption(NOT_AVAILABLE)
+    else:
+        st.markdown(card_text)

@@ -329,3 +329,69 @@ def test_model_card_says_what_each_training_stage_was_from_the_manifest(monkeypa
     shown = texts(at)
     assert "**stage 1**: 128 px from random init" in shown
     assert "**stage 2**: warm restart: the second segmenter" in shown
+
+
+CARD = """# Model card
+
+## Intended use
+
+Teaching only.
+
+## Metrics
+
+### Test split
+
+Not shown apart.
+
+### Validation, test and the independent held-out set
+
+| metric | held-out |
+|---|---|
+| AUC | 0.5 |
+
+## Known failure modes
+
+- FLAIR-only slices are missed.
+
+## Licences
+
+- LGG: CC BY-NC-SA 4.0, non-commercial.
+"""
+
+
+def test_model_card_page_shows_the_cards_own_sections(monkeypatch, tmp_path):
+    (tmp_path / "MODEL_CARD.md").write_text(CARD)
+    monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
+    at = run_app("pages/model_card.py")
+    assert not at.exception, at.exception
+    shown = [m.value for m in at.markdown]
+    for body in ("Teaching only.", "- FLAIR-only slices are missed.", "- LGG: CC BY-NC-SA 4.0, non-commercial."):
+        assert body in shown
+    assert "| metric | held-out |\n|---|---|\n| AUC | 0.5 |" in shown  # the subsection alone, not its parent
+    assert CARD.strip() in [v.strip() for v in shown]  # and the whole card in the expander
+    headings = [s.value for s in at.subheader]
+    assert headings[-4:] == ["Training curves", "Intended use", "Known failure modes", "Licences"]
+    assert "Independent held-out evaluation" in headings
+    assert "inherit the non-commercial restriction" not in texts(at)  # the fallback is for a missing card only
+
+
+def test_model_card_page_names_a_section_the_card_lacks_and_falls_back_without_a_card(monkeypatch, tmp_path):
+    (tmp_path / "MODEL_CARD.md").write_text(CARD.replace("## Known failure modes", "## Failures"))
+    monkeypatch.setenv("TUMOR_WEIGHTS_DIR", str(tmp_path))
+    at = run_app("pages/model_card.py")
+    assert not at.exception, at.exception
+    assert "MODEL_CARD.md has no section 'Known failure modes'." in texts(at)
+
+    (tmp_path / "MODEL_CARD.md").unlink()
+    at = run_app("pages/model_card.py")
+    assert not at.exception, at.exception
+    assert "Not for diagnosis" in texts(at) and "inherit the non-commercial restriction" in texts(at)
+
+
+def test_shipped_model_card_has_every_section_the_page_shows(fake_pipeline):
+    if not (ROOT / "weights" / "MODEL_CARD.md").is_file():
+        pytest.skip("weights/MODEL_CARD.md missing")
+    at = run_app("pages/model_card.py")
+    assert not at.exception, at.exception
+    assert "has no section" not in texts(at)
+    assert "held-out set" in texts(at) and "Intended use and licence" not in [s.value for s in at.subheader]

@@ -444,7 +444,7 @@ def render_model_info(pipeline, analysis) -> None:
         st.markdown(f"**Model** `{version}` · weights {short_hashes(hashes)}")
         n = get_path(metrics, "n_slices")
         st.caption(
-            "Held-out test set"
+            "Test split"
             + (f" ({n} slices)" if n is not None else "")
             + ": "
             + " · ".join(f"{k} {v}" for k, v in headline_metrics(metrics))
