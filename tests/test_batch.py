@@ -482,7 +482,7 @@ def test_batch_module_imports_no_ray_and_no_keras():
 # --- end to end on Ray, real weights ---------------------------------------------------------
 
 needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="trained weights not present in weights/")
-E2E_GALLERY = ("figshare_glioma_1.jpg", "lgg_glioma_1.jpg", "lgg_no_tumor_1.jpg")
+E2E_GALLERY = ("figshare_glioma_1.jpg", "lgg_no_tumor_1.jpg")  # one positive, one negative
 
 
 @pytest.fixture(scope="module")
@@ -502,33 +502,37 @@ def real_pipeline():
 
 
 @pytest.fixture(scope="module")
-def e2e_folder(tmp_path_factory) -> tuple[Path, list[bytes]]:
+def e2e_folder(tmp_path_factory) -> tuple[Path, list[bytes], bytes]:
+    """Gallery slices, a DICOM series, a NIfTI inside a zip (shipped to the readers as bytes) and a corrupt file."""
     folder = tmp_path_factory.mktemp("e2e") / "in"
     folder.mkdir()
     for name in E2E_GALLERY:
         (folder / name).write_bytes((GALLERY / name).read_bytes())
-    # A DICOM series of a gallery tumour slice and a quieter copy, in the gallery's own grey values.
+    # A gallery tumour slice and a quieter copy, in the gallery's own grey values.
     glioma = gallery_gray("figshare_glioma_2.jpg")
     series = dicom_series([glioma, (glioma * 0.5).astype(np.uint8)])
     (folder / "series").mkdir()
     for k, data in enumerate(series):
         (folder / "series" / f"IM{k:04d}").write_bytes(data)
-    (folder / "vol.nii").write_bytes(nifti((40, 48, 3)))
+    # A NIfTI whose axial slices show that tumour upright (Volume.slice transposes and flips both axes).
+    stack = np.stack([glioma, glioma // 2], axis=2).astype(np.float32)
+    volume = nibabel.Nifti1Image(stack[::-1, ::-1].transpose(1, 0, 2), np.diag([1.0, 1.0, 2.0, 1.0])).to_bytes()
+    with zipfile.ZipFile(folder / "volumes.zip", "w") as zf:
+        zf.writestr("sub/vol.nii", volume)
     (folder / "corrupt.png").write_bytes(_png()[:300])
-    return folder, series
+    return folder, series, volume
 
 
 @pytest.mark.slow
 @needs_weights
 def test_ray_end_to_end_agrees_with_the_pipeline(local_ray, real_pipeline, e2e_folder, tmp_path_factory):
-    folder, series = e2e_folder
+    folder, series, volume = e2e_folder
     out = tmp_path_factory.mktemp("e2e_out") / "out"
     args = [str(folder), "--out", str(out), "--workers", "1", "--threads", "1", "--dicom-seg", "--no-progress"]
     assert batch.main(args) == 0
 
-    table = batch.read_slices(out)
-    rows = table.to_pylist()
-    assert len(rows) == 3 + 2 + 3 + 1
+    rows = batch.read_slices(out).to_pylist()
+    assert len(rows) == 2 + 2 + 2 + 1
     errors = [r for r in rows if r["status"] == "error"]
     assert [Path(r["input"]).name for r in errors] == ["corrupt.png"]
     with pytest.raises(InputError) as app_error:
@@ -537,17 +541,18 @@ def test_ray_end_to_end_agrees_with_the_pipeline(local_ray, real_pipeline, e2e_f
 
     by_name = {Path(r["input"]).name: r for r in rows if r["kind"] == "image"}
     for name in E2E_GALLERY:
-        expected = real_pipeline.analyze(read_scan(GALLERY / name))
-        _assert_row_matches(by_name[name], expected)
+        _assert_row_matches(by_name[name], real_pipeline.analyze(read_scan(GALLERY / name)))
     assert by_name["figshare_glioma_1.jpg"]["tumor_detected"]  # the mask comparison is not of two empty masks
     dicom_rows = sorted((r for r in rows if r["kind"] == "dicom"), key=lambda r: r["slice_index"])
-    for row, data in zip(dicom_rows, series, strict=True):
-        _assert_row_matches(row, real_pipeline.analyze(read_scan(data)))
+    expected_dicom = [real_pipeline.analyze(read_scan(data)) for data in series]
+    for row, expected in zip(dicom_rows, expected_dicom, strict=True):
+        _assert_row_matches(row, expected)
 
     volumes = {v["kind"]: v for v in pq.read_table(out / "volumes.parquet").to_pylist()}
-    expected_volume = real_pipeline.analyze_volume(read_volume(folder / "vol.nii"))
-    assert volumes["nifti"]["slices"] == 3
+    expected_volume = real_pipeline.analyze_volume(read_volume(volume))
+    assert (volumes["nifti"]["slices"], volumes["nifti"]["member"]) == (2, "sub/vol.nii")
     assert volumes["nifti"]["tumor_volume_ml"] == pytest.approx(expected_volume.tumor_volume_ml)
+    assert expected_volume.tumor_volume_ml > 0
     assert volumes["dicom"]["slices"] == 2
 
     # The SEG of the positive series: the pipeline's masks, over the source instances.
@@ -560,8 +565,8 @@ def test_ray_end_to_end_agrees_with_the_pipeline(local_ray, real_pipeline, e2e_f
     referenced = [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
     assert sorted(referenced) == sorted(uids)
     masks = seg.get_pixels_by_source_instance(uids, segment_numbers=[1], combine_segments=True)
-    for mask, data in zip(masks, series, strict=True):
-        assert np.array_equal(mask.astype(bool), real_pipeline.analyze(read_scan(data)).mask())
+    for mask, expected in zip(masks, expected_dicom, strict=True):
+        assert np.array_equal(mask.astype(bool), expected.mask())
     assert masks.any()
     assert str(seg.PatientName) == "" and seg.PatientID in ("", None)
 

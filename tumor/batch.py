@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -1102,6 +1103,8 @@ def run(
                 reader_cpus=reader_cpus,
             )
             ds = build_dataset(read_units(todo, manifest.blobs), plan, weights_dir=weights_dir, batch_size=batch_size)
+            if progress:  # Ray Data logs each execution plan; the bar and the summary say what matters
+                logging.getLogger("ray.data").setLevel(logging.ERROR)
             bar = Progress(len(todo), enabled=progress)
             writer = PartWriter(out, run_id)
             start = time.monotonic()
