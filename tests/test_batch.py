@@ -134,6 +134,11 @@ def test_manifest_walks_a_folder(mixed_folder):
     assert manifest.items[0].input == str(mixed_folder / "img.png")
 
 
+def test_manifest_lists_a_file_named_twice_once(mixed_folder):
+    twice = batch.build_manifest([mixed_folder, mixed_folder / "img.png", mixed_folder / "series"])
+    assert twice.items == batch.build_manifest([mixed_folder]).items
+
+
 def test_manifest_walks_a_zip_and_a_tar_alike(mixed_folder, tmp_path):
     files = sorted(p for p in mixed_folder.rglob("*") if p.is_file())
     zpath = tmp_path / "in.zip"

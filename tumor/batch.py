@@ -440,7 +440,11 @@ def build_manifest(inputs: Iterable[str | os.PathLike], *, plane: str = "axial")
         raise InputError(f"plane must be one of {PLANES}. Received: plane={plane!r}.")
     manifest = Manifest()
     dicoms: list[_DicomFile] = []
+    seen: set[tuple[str, str | None]] = set()
     for input_path, member, data, error in walk_inputs(inputs):
+        if (input_path, member) in seen:
+            continue  # a file named twice (a folder and a file in it) is scored once
+        seen.add((input_path, member))
         name = member or input_path
         if error is not None:
             manifest.items.append(Item(item_id(input_path, member, 0), input_path, member, "file", error=error))
