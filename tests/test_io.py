@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import struct
+import warnings
 import zlib
 
 import cv2
 import nibabel
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from tumor.errors import InputError
 from tumor.io import SAFE_META_KEYS, Scan, read_image, read_scan, read_volume
@@ -519,15 +524,15 @@ def test_four_d_takes_first_volume_with_note():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: _nifti()[:200], "corrupt, truncated"),
-        (lambda: gzip.compress(_nifti())[:100], "corrupt, truncated"),
+        (lambda: _nifti()[:200], "truncated"),
+        (lambda: gzip.compress(_nifti())[:100], "truncated"),
         (lambda: FORMATS["png_rgb8"](), "not a NIfTI"),
         (lambda: _dicom(_ramp16()), "DICOM"),
     ],
 )
 def test_read_volume_rejects(make, message):
     with pytest.raises(InputError, match=message):
-        read_volume(make(), name="upload.nii.gz" if message.startswith("corrupt") else None)
+        read_volume(make(), name="upload.nii.gz" if message == "truncated" else None)
 
 
 @pytest.mark.parametrize(("index", "plane"), [(30, "axial"), (-1, "axial"), (0, "oblique")])
@@ -547,3 +552,197 @@ def test_scan_is_frozen():
 def test_a_dark_but_visible_slice_is_accepted():
     dark = (_gradient().astype(np.float32) * 8 / 255).astype(np.uint8)  # brightest pixel 8
     assert read_image(_pil_bytes(Image.fromarray(dark), "PNG")).max() == 8
+
+
+# --- formats told apart, and shown rightly ------------------------------------
+
+
+def _bare_dataset(data: bytes) -> bytes:
+    """The same DICOM as a bare data set: no preamble, no 'DICM', no file meta."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _deflated(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("variant", "marker"),
+    [
+        (lambda d: d[128:], b"DICM"),  # preamble stripped: starts with the prefix
+        (_bare_dataset, b"\x08\x00"),  # no preamble, prefix or file meta at all
+        (_deflated, b"DICM"),  # Deflated Explicit VR Little Endian
+    ],
+)
+def test_dicom_variants_read_like_the_original(variant, marker):
+    original = _dicom(_ramp16(), window=(500, 1000))
+    data = variant(original)
+    assert data[:4].startswith(marker) or data[128:132] == marker
+    scan = read_scan(data)
+    assert scan.kind == "dicom"
+    np.testing.assert_array_equal(scan.rgb, read_scan(original).rgb)
+
+
+def _palette_dicom() -> bytes:
+    """Index 0..3 in four column bands; the 16-bit palette maps them to black, red, green, blue."""
+    data = pydicom.dcmread(io.BytesIO(_dicom(_ramp16())))
+    data.PhotometricInterpretation = "PALETTE COLOR"
+    data.BitsAllocated, data.BitsStored, data.HighBit = 8, 8, 7
+    data.PixelData = (np.arange(20)[None, :].repeat(16, 0) // 5).astype(np.uint8).tobytes()
+    lut = [[0, 65535, 0, 0], [0, 0, 65535, 0], [0, 0, 0, 65535]]  # red, green, blue
+    for i, values in enumerate(lut):
+        data.add_new(0x00281101 + i, "US", [4, 0, 16])  # descriptor: 4 entries from index 0, 16 bits
+        data.add_new(0x00281201 + i, "OW", np.array(values, np.uint16).tobytes())
+    buf = io.BytesIO()
+    data.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_palette_colour_dicom_goes_through_its_lut():
+    scan = read_scan(_palette_dicom())
+    assert [tuple(scan.rgb[8, c]) for c in (2, 7, 12, 17)] == [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    assert scan.meta["photometric_interpretation"] == "PALETTE COLOR"
+    assert scan.window is None
+
+
+def _with_header(data: bytes, **fields) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in fields.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"NumberOfFrames": -3}, r"NumberOfFrames = -3; a frame count must be at least 1"),
+        ({"Rows": 3, "Columns": 3}, r"too small to analyse \(3x3 pixels"),
+        ({"Rows": 10, "Columns": 10}, r"too small to analyse \(10x10 pixels"),
+    ],
+)
+def test_dicom_header_values_refused_with_the_true_reason(fields, message):
+    with pytest.raises(InputError, match=message):
+        read_scan(_with_header(_dicom(_ramp16()), **fields))
+
+
+def test_minc2_is_named_unsupported():
+    hdf5 = b"\x89HDF\r\n\x1a\n" + bytes(4096)
+    for data, name in ((hdf5, "brain.mnc"), (hdf5, None), (gzip.compress(hdf5), "brain.mnc.gz")):
+        with pytest.raises(InputError, match=r"MINC .* not support"):
+            read_scan(data, name=name)
+        with pytest.raises(InputError, match=r"MINC .* not support"):
+            read_volume(data, name=name)
+
+
+def _nifti_image(data: np.ndarray, affine=None, cls=nibabel.Nifti1Image) -> bytes:
+    return cls(data, np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine).to_bytes()
+
+
+def test_nifti_variants_not_supported_are_named():
+    ramp = np.arange(20 * 20 * 4, dtype=np.float32).reshape(20, 20, 4)
+    rgb = np.zeros((20, 20, 4), [("R", "u1"), ("G", "u1"), ("B", "u1")])
+    cases = [
+        (_nifti_image(ramp, cls=nibabel.Nifti2Image), "NIfTI-2 file, which this app does not support"),
+        (_nifti_image(rgb), r"RGB colour NIfTI volume \(RGB24\), which this app does not support"),
+        (_nifti_image(ramp.astype(np.complex64)), r"complex values \(complex64\)"),
+    ]
+    for data, message in cases:
+        for reader in (read_volume, lambda d: read_scan(d, name="v.nii")):
+            with pytest.raises(InputError, match=message) as info:
+                reader(data)
+            assert "corrupt" not in str(info.value)
+
+
+def test_nifti_spacing_inconsistent_with_the_affine_comes_from_the_affine():
+    img = nibabel.Nifti1Image(np.arange(20 * 20 * 4, dtype=np.float32).reshape(20, 20, 4), np.diag([2.0, 2, 2, 1]))
+    img.header["pixdim"][1:4] = 0  # what some converters write
+    img.header.set_xyzt_units("mm")
+    volume = read_volume(img.to_bytes())
+    assert volume.spacing_mm == (2.0, 2.0, 2.0)
+    assert "voxel size taken from the sform affine; the header's pixdim (0 x 0 x 0) disagrees" in volume.meta["note"]
+    assert read_scan(img.to_bytes(), name="v.nii").pixel_spacing_mm == (2.0, 2.0)
+
+
+def test_nifti_without_any_voxel_size_assumes_1mm_with_a_note():
+    img = nibabel.Nifti1Image(np.arange(20 * 20 * 4, dtype=np.float32).reshape(20, 20, 4), None)
+    img.header["pixdim"][1:4] = 0
+    img.header["sform_code"] = img.header["qform_code"] = 0
+    volume = read_volume(img.to_bytes())
+    assert volume.spacing_mm == (1.0, 1.0, 1.0)
+    assert "voxel size missing from the header (pixdim 0); assumed 1 mm" in volume.meta["note"]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"affine_flip": True}, {"four_d": True}, {"gz": True}])
+def test_read_scan_slice_equals_the_volume_slice(kwargs):
+    data = _nifti(**kwargs)
+    volume = read_volume(data)
+    for frame in (None, 0, 13, SHAPE[2] - 1):
+        scan = read_scan(data, name="v.nii.gz", frame=frame)
+        expected = volume.slice(SHAPE[2] // 2 if frame is None else frame, "axial")
+        np.testing.assert_array_equal(scan.rgb, expected.rgb)
+        assert scan.window == expected.window == volume.default_window
+        assert scan.meta == expected.meta
+        assert scan.pixel_spacing_mm == expected.pixel_spacing_mm
+
+
+def test_gzip_stream_cap_is_enforced_while_reading():
+    from tumor.io import _Gunzip
+
+    stream = _Gunzip(gzip.compress(bytes(10_000)), limit=4096)
+    assert stream.read(4000) == bytes(4000)
+    with pytest.raises(InputError, match="inflates to more than"):
+        stream.read(200)
+
+
+def test_memory_error_becomes_input_error(monkeypatch):
+    import tumor.io
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(tumor.io, "_decode_image", exhausted)
+    with pytest.raises(InputError, match="too large to decode in the memory"):
+        read_image(FORMATS["png_rgb8"]())
+
+
+def _dicom_with_phi_in_a_uid() -> bytes:
+    """A name typed into the transfer syntax UID, which every reader parses: pydicom warns with it."""
+    data = _dicom(_ramp16())
+    assert data.count(b"1.2.840.10008.1.2.1\x00") == 1
+    return data.replace(b"1.2.840.10008.1.2.1\x00", PHI_VALUES[0].encode().ljust(20))
+
+
+def test_pydicom_itself_would_echo_the_bad_value():
+    # Without the guard, the name reaches the warnings (and the pydicom logger): the test below can fail.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pydicom.dcmread(io.BytesIO(_dicom_with_phi_in_a_uid()))
+    assert any(PHI_VALUES[0] in str(w.message) for w in caught)
+
+
+def test_no_header_value_reaches_stderr_logs_or_warnings(capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="transfer syntax") as info:
+            read_scan(_dicom_with_phi_in_a_uid())
+        read_scan(_with_header(_dicom(_ramp16()), NumberOfFrames=0))  # pydicom warns about 0 frames
+        read_scan(_nifti(gz=True), name="v.nii.gz")
+        read_volume(_nifti(gz=True))
+    assert PHI_VALUES[0] not in str(info.value)
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")
+    assert [r.getMessage() for r in caplog.records if r.name.split(".")[0] in ("pydicom", "nibabel", "PIL")] == []
+    assert [str(w.message) for w in caught] == []
+    for value in PHI_VALUES:
+        assert value not in caplog.text
