@@ -703,12 +703,13 @@ class Scorer:
     Args:
         weights_dir: the weights folder (default: the shipped weights).
         threads: threads for this worker's runtime, BLAS and OpenCV.
-        pipeline: an already loaded pipeline (tests); skips loading.
+        pipeline: an already loaded pipeline (tests); skips loading and
+            leaves this process's threads alone.
     """
 
     def __init__(self, weights_dir: str | None = None, threads: int = 1, pipeline=None):
-        set_threads(threads)
         if pipeline is None:
+            set_threads(threads)  # before the runtime starts its thread pools
             from tumor.pipeline import Pipeline
 
             pipeline = Pipeline.from_weights_dir(weights_dir)
@@ -1023,21 +1024,33 @@ class Summary:
     ok: int
     errors: dict[str, int]
     seconds: float
-    steady_slices_per_s: float | None
+    workers: int
+    model_ms_per_slice: float | None
     outputs: list[str]
     notes: list[str]
 
     @property
     def slices_per_s(self) -> float:
+        """Slices scored per second of the run, starting the workers and loading the models included."""
         return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def loaded_slices_per_s(self) -> float | None:
+        """What the workers score per second once loaded: workers / mean time in the pipeline per slice."""
+        return self.workers * 1000.0 / self.model_ms_per_slice if self.model_ms_per_slice else None
 
     def text(self) -> str:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
-        steady = f", {self.steady_slices_per_s:.2f} from first to last batch" if self.steady_slices_per_s else ""
+        loaded = ""
+        if self.loaded_slices_per_s:
+            loaded = (
+                f"\nscoring: {self.model_ms_per_slice:.0f} ms per slice in a worker, so "
+                f"{self.loaded_slices_per_s:.2f} slices/s across {self.workers} worker(s) once loaded"
+            )
         lines = [
             f"items: {self.items} ({self.skipped} already in the output, {self.scored} scored now)",
             f"ok: {self.ok}   errors: {errors}",
-            f"slices/s: {self.slices_per_s:.2f} over {self.seconds:.1f} s with model loading{steady}",
+            f"slices/s: {self.slices_per_s:.2f} over {self.seconds:.1f} s, starting the workers included{loaded}",
             *[f"output: {p}" for p in self.outputs],
             *[f"note: {n}" for n in self.notes],
         ]
@@ -1091,7 +1104,8 @@ def run(
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     errors: Counter[str] = Counter()
     ok = scored = 0
-    first_batch: tuple[float, int] | None = None
+    model_ms = 0.0
+    n_workers = 0
     last_batch = start = time.monotonic()
     if todo:
         import ray
@@ -1106,6 +1120,7 @@ def run(
                 gpus_per_worker=gpus_per_worker,
                 reader_cpus=reader_cpus,
             )
+            n_workers = plan.workers
             ds = build_dataset(read_units(todo, manifest.blobs), plan, weights_dir=weights_dir, batch_size=batch_size)
             if progress:  # Ray Data logs each execution plan; the bar and the summary say what matters
                 logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -1121,8 +1136,9 @@ def run(
                     errors.update(t for t, s in zip(types, statuses, strict=True) if s != "ok")
                     ok += len(statuses) - n_err
                     scored += len(statuses)
+                    elapsed = batch.column("elapsed_ms").to_pylist()
+                    model_ms += sum(ms for ms, s in zip(elapsed, statuses, strict=True) if s == "ok" and ms)
                     last_batch = time.monotonic()
-                    first_batch = first_batch or (last_batch, len(statuses))
                     bar.update(len(statuses), n_err)
             finally:
                 writer.flush()  # what was scored stays scored, even on Ctrl-C
@@ -1130,9 +1146,6 @@ def run(
             if started:
                 ray.shutdown()
     seconds = last_batch - start if todo else 0.0
-    steady = None
-    if first_batch and last_batch > first_batch[0]:
-        steady = (scored - first_batch[1]) / (last_batch - first_batch[0])
     slices = read_slices(out)
     outputs = [os.fspath(slices_dir(out))]
     volumes = summarise_volumes(slices)
@@ -1153,7 +1166,8 @@ def run(
         ok=ok,
         errors=dict(errors),
         seconds=seconds,
-        steady_slices_per_s=steady,
+        workers=n_workers,
+        model_ms_per_slice=model_ms / ok if ok else None,
         outputs=outputs,
         notes=notes,
     )
