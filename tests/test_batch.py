@@ -598,9 +598,17 @@ def _assert_row_matches(row: dict, expected) -> None:
 
 def test_summary_says_both_rates():
     summary = batch.Summary(
-        items=50, skipped=8, scored=42, ok=41, errors={"InputError": 1}, seconds=21.0, workers=2,
-        model_ms_per_slice=500.0, outputs=["/o/slices"], notes=[],
-    )  # fmt: skip
+        items=50,
+        skipped=8,
+        scored=42,
+        ok=41,
+        errors={"InputError": 1},
+        seconds=21.0,
+        workers=2,
+        model_ms_per_slice=500.0,
+        outputs=["/o/slices"],
+        notes=[],
+    )
     assert summary.slices_per_s == pytest.approx(2.0) and summary.loaded_slices_per_s == pytest.approx(4.0)
     text = summary.text()
     assert "8 already in the output, 42 scored now" in text and "InputError 1" in text
