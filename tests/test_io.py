@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import logging
+import os
+import re
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import cv2
 import nibabel
@@ -15,11 +19,18 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    MRImageStorage,
+    RLELossless,
+    generate_uid,
+)
 
 from tumor.errors import InputError
 from tumor.io import SAFE_META_KEYS, Scan, read_image, read_scan, read_volume
@@ -746,3 +757,349 @@ def test_no_header_value_reaches_stderr_logs_or_warnings(capsys, caplog):
     assert [str(w.message) for w in caught] == []
     for value in PHI_VALUES:
         assert value not in caplog.text
+
+
+# --- the upload budget: each class of hostile input in issue 30 ----------------
+#
+# Each case is a small file built here in a few lines. All are read in one
+# child process, one after another; before each read the kernel's peak-RSS
+# mark is reset (/proc/self/clear_refs), so "growth" is how far that one read
+# raised the process's resident memory. The bounds are those of the issue:
+# 10 s and 1.5 GB whatever happens, no accepted slice costing more than about
+# 10x its size, and nothing costing more than 1 GB. Run with -rP to see the
+# measured figures.
+
+try:  # ISA-L compresses a gigabyte of zeros in a tenth of a second; zlib takes seconds
+    from isal import isal_zlib as _deflate_lib
+except ImportError:  # pragma: no cover
+    _deflate_lib = zlib
+
+MB = 1_000_000
+TIME_BOUND_S = 10.0  # a hang bound (the issue's), not a speed claim: the figures are printed
+RSS_BOUND = 1_500_000_000  # the issue's bound on resident memory, whatever the input
+SMALL_SLICE_FLOOR = 16 * MB  # "10x the slice" for slices under 1.6 MB: blocks and the window sample
+
+
+def _deflate(chunks, wbits: int) -> bytes:
+    """gzip (wbits 31), zlib (15) or raw deflate (-15) of a stream of chunks."""
+    comp = _deflate_lib.compressobj(1, _deflate_lib.DEFLATED, wbits)
+    return b"".join([comp.compress(chunk) for chunk in chunks] + [comp.flush()])
+
+
+def _zeros(n_bytes: int, chunk: int = 1 << 24):
+    for start in range(0, n_bytes, chunk):
+        yield bytes(min(chunk, n_bytes - start))
+
+
+def _nifti1_header(shape, dtype=np.int16, affine=None) -> bytes:
+    header = nibabel.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_sform(np.eye(4) if affine is None else affine, code=1)
+    header.set_xyzt_units("mm")
+    header["vox_offset"] = 352
+    return header.binaryblock + bytes(4)
+
+
+def _brain_planes(shape, dtype=np.int16):
+    """Each axial plane of a volume: a square "brain" of 100 with a brighter "lesion" of 400."""
+    x, y, z = shape[:3]
+    plane = np.zeros((x, y), dtype)
+    plane[x // 5 : 4 * x // 5, y // 5 : 4 * y // 5] = 100
+    plane[2 * x // 5 : x // 2, 2 * y // 5 : y // 2] = 400
+    raw = plane.tobytes(order="F")
+    for _ in range(z * int(np.prod(shape[3:], dtype=np.int64))):
+        yield raw
+
+
+def _large_legal_niigz() -> bytes:
+    # 512 x 512 x 400 int16: 105 M voxels, 210 MB inflated, under 1 MB on disk.
+    shape = (512, 512, 400)
+    return _deflate(itertools.chain([_nifti1_header(shape)], _brain_planes(shape)), 31)
+
+
+def _four_d_lps_niigz() -> bytes:
+    # 128 x 128 x 64 x 100 int16 stored LPS: 100 volumes that the old reader reoriented all together.
+    shape = (128, 128, 64, 100)
+    affine = np.diag([-2.0, -2.0, 2.0, 1.0])
+    return _deflate(itertools.chain([_nifti1_header(shape, affine=affine)], _brain_planes(shape)), 31)
+
+
+def _huge_niigz() -> bytes:
+    # 1024 x 1024 x 512 int16: a 1 MB file that inflates to 1 GB.
+    shape = (1024, 1024, 512)
+    return _deflate(itertools.chain([_nifti1_header(shape)], _zeros(2**30)), 31)
+
+
+def _gzip_bomb() -> bytes:
+    return _deflate(_zeros(2**30 + 2**26), 31)  # 1.06 GiB of zeros, no header
+
+
+def _bomb_after_a_small_volume() -> bytes:
+    shape = (64, 64, 32)
+    return _deflate(itertools.chain([_nifti1_header(shape)], _brain_planes(shape), _zeros(2**30)), 31)
+
+
+def _float64_past_the_inflate_cap() -> bytes:
+    shape = (400, 400, 1250)  # 200 M voxels, under the voxel cap; as float64 1.6 GB to inflate
+    return _deflate([_nifti1_header(shape, np.float64), bytes(2**20)], 31)
+
+
+def _dicom_dataset(rows: int, cols: int, bits: int = 16, **fields) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+    ds.PatientName, ds.Modality = PHI_VALUES[0], "MR"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    for keyword, value in fields.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _dicom_file(ds: Dataset, transfer_syntax: str) -> bytes:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _deflated_dicom_bomb() -> bytes:
+    # A 1 MB deflated DICOM whose data set inflates to 1 GB: pixel data declared as 1 GiB of zeros.
+    head = _dicom_file(_dicom_dataset(16384, 32768), DeflatedExplicitVRLittleEndian)
+    meta_end = 132 + 12 + int.from_bytes(head[140:144], "little")  # after (0002,0000) and its group
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, _dicom_dataset(16384, 32768))
+    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, 2**30)
+    return head[:meta_end] + _deflate(itertools.chain([body.getvalue(), pixel_header], _zeros(2**30)), -15)
+
+
+def _rle_frame(rows: int, cols: int) -> bytes:
+    """A valid RLE header for two segments (16-bit), each holding a single 128-byte run."""
+    segment = b"\x81\x00"  # replicate the next byte 128 times
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    return header + segment + segment
+
+
+def _rle_dicom(rows: int, cols: int) -> bytes:
+    ds = _dicom_dataset(rows, cols)
+    ds.PixelData = encapsulate([_rle_frame(rows, cols)])
+    return _dicom_file(ds, RLELossless)
+
+
+def _jpeg(rows: int = 64, cols: int = 64) -> bytes:
+    gray = np.tile(np.linspace(0, 255, cols), (rows, 1)).astype(np.uint8)
+    return _pil_bytes(Image.fromarray(gray), "JPEG", quality=90)
+
+
+def _jpeg_dicom(rows: int, cols: int, jpeg: bytes) -> bytes:
+    ds = _dicom_dataset(rows, cols, bits=8)
+    ds.PixelData = encapsulate([jpeg])
+    return _dicom_file(ds, JPEGBaseline8Bit)
+
+
+def _jpeg_declaring(rows: int, cols: int) -> bytes:
+    """A 64 x 64 JPEG whose frame header (SOF0) is patched to claim rows x cols."""
+    data = bytearray(_jpeg())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", rows, cols)
+    return bytes(data)
+
+
+def _png16_rgba(width: int = 7000, height: int = 7000) -> bytes:
+    """A 49 MP 16-bit RGBA PNG (just under the 50 MP limit), streamed: ramps, fully opaque."""
+    # Ramps of 500 px: a row then repeats within deflate's 32 KB window, and the file stays small.
+    ramp = np.resize(np.linspace(0, 65535, 500), width).astype(">u2")
+    row = b"\x00" + np.stack([ramp, ramp[::-1], ramp, np.full(width, 65535, ">u2")], axis=1).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0)
+    idat = _deflate(itertools.repeat(row, height), 15)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _native_dicom_49mp() -> bytes:
+    ds = _dicom_dataset(7000, 7000, WindowCenter=500, WindowWidth=1000)
+    ds.PixelData = np.resize(np.arange(0, 1000, 2, dtype=np.uint16), 7000 * 7000).tobytes()
+    return _dicom_file(ds, ExplicitVRLittleEndian)
+
+
+# id: (build, reader, upload name, expected: a message regex, or the accepted shape; growth bound in bytes)
+BUDGET_CASES = {
+    "nii.gz 105 M voxels, read_scan": (_large_legal_niigz, "scan", "big.nii.gz", (512, 512), "10x slice"),
+    "nii.gz 105 M voxels, read_volume": (_large_legal_niigz, "volume", "big.nii.gz", (512, 512, 400), "volume"),
+    "nii.gz 1 MB -> 1 GB": (
+        _huge_niigz,
+        "scan",
+        "huge.nii.gz",
+        r"too large: 1024 x 1024 x 512 is 537 M voxels \(the limit is 256 M\)",
+        32 * MB,
+    ),
+    "4-D LPS nii.gz, read_scan": (_four_d_lps_niigz, "scan", "fmri.nii.gz", (128, 128), "10x slice"),
+    "4-D LPS nii.gz, read_volume": (_four_d_lps_niigz, "volume", "fmri.nii.gz", (128, 128, 64), "volume"),
+    "gzip bomb named .nii.gz": (
+        _gzip_bomb,
+        "scan",
+        "bomb.nii.gz",
+        r"has no NIfTI-1 header .*: it is corrupt or not NIfTI",  # the first 348 bytes say so: no more is inflated
+        32 * MB,
+    ),
+    "gzip bomb after a small volume": (_bomb_after_a_small_volume, "scan", "b.nii.gz", (64, 64), "10x slice"),
+    "float64 header past the inflate cap": (
+        _float64_past_the_inflate_cap,
+        "scan",
+        "f.nii.gz",
+        r"would inflate to 1\.49 GB .* the most this app reads from a \.nii\.gz is 1 GB",
+        32 * MB,
+    ),
+    "deflated DICOM 1 MB -> 1 GB": (
+        _deflated_dicom_bomb,
+        "scan",
+        "d.dcm",
+        r"deflated DICOM inflates to more than 200 MB",
+        600 * MB,
+    ),
+    "RLE DICOM header 65535 x 65535": (
+        lambda: _rle_dicom(65535, 65535),
+        "scan",
+        "r.dcm",
+        r"too large \(65535x65535 pixels",
+        32 * MB,
+    ),
+    "RLE DICOM header 7000 x 7000, 1 KB of data": (
+        lambda: _rle_dicom(7000, 7000),
+        "scan",
+        "r.dcm",
+        r"could not be decoded \(RLE Lossless\): it is corrupt, truncated or does not match the header",
+        300 * MB,
+    ),
+    "JPEG DICOM header 9000 x 9000": (
+        lambda: _jpeg_dicom(9000, 9000, _jpeg()),
+        "scan",
+        "j.dcm",
+        r"too large \(9000x9000 pixels",
+        32 * MB,
+    ),
+    "JPEG DICOM frame claims 9000 x 9000": (
+        lambda: _jpeg_dicom(64, 64, _jpeg_declaring(9000, 9000)),
+        "scan",
+        "j.dcm",
+        r"compressed frame is too large \(9000x9000 pixels",
+        32 * MB,
+    ),
+    "16-bit RGBA PNG 7000 x 7000": (_png16_rgba, "scan", "p.png", (7000, 7000), "10x slice"),
+    "DICOM 7000 x 7000 16-bit, uncompressed": (_native_dicom_49mp, "scan", "n.dcm", (7000, 7000), "10x slice"),
+}
+
+_PROBE = r"""
+import gc, json, sys, time
+from tumor.errors import InputError
+from tumor.io import read_scan, read_volume
+
+def memory():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}
+
+results = {}
+read_scan(open(sys.argv[2], "rb").read())  # warm-up: lazy imports are not the reads' cost
+for case in json.loads(open(sys.argv[1]).read()):
+    data = open(case["path"], "rb").read()
+    reader = read_volume if case["reader"] == "volume" else read_scan
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak-RSS mark := the current RSS
+    before = memory()["VmRSS"]
+    start = time.perf_counter()
+    out, array, result = None, None, {}
+    try:
+        out = reader(data, name=case["name"])
+        array = out.rgb if case["reader"] == "scan" else out.data
+        result = {"shape": list(array.shape[:2] if case["reader"] == "scan" else array.shape),
+                  "nbytes": int(array.nbytes), "dtype": str(array.dtype), "writeable": bool(array.flags.writeable)}
+    except InputError as err:
+        result = {"error": str(err)}
+    except BaseException as err:
+        result = {"crash": repr(err)[:500]}
+    result["seconds"] = time.perf_counter() - start
+    result["growth"] = memory()["VmHWM"] - before
+    result["peak_rss"] = memory()["VmHWM"]
+    del out, array
+    results[case["id"]] = result
+print(json.dumps(results))
+"""
+
+
+def _can_reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def budget(tmp_path_factory) -> dict[str, dict]:
+    if not _can_reset_peak_rss():
+        pytest.skip("needs Linux /proc/self/clear_refs to measure each read's peak memory")
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("budget")
+    cases, built = [], {}
+    for i, (case_id, (build, reader, name, _, _)) in enumerate(BUDGET_CASES.items()):
+        if build not in built:
+            built[build] = folder / f"case{i}"
+            built[build].write_bytes(build())
+        cases.append({"id": case_id, "path": str(built[build]), "reader": reader, "name": name})
+    (folder / "cases.json").write_text(json.dumps(cases))
+    (folder / "warm.png").write_bytes(FORMATS["png_rgb8"]())
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(folder / "cases.json"), str(folder / "warm.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout)
+    print(f"\n{'case':45} {'seconds':>8} {'growth MB':>10} {'peak RSS MB':>12}  outcome")
+    for case_id, r in results.items():
+        outcome = r.get("error") or r.get("crash") or f"accepted {tuple(r['shape'])} {r['dtype']}"
+        print(f"{case_id:45} {r['seconds']:8.2f} {r['growth'] / MB:10.1f} {r['peak_rss'] / MB:12.1f}  {outcome}")
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", list(BUDGET_CASES))
+def test_hostile_input_stays_within_the_budget(budget, case_id):
+    _, reader, _, expected, bound = BUDGET_CASES[case_id]
+    result = budget[case_id]
+    assert "crash" not in result, result["crash"]
+    assert result["seconds"] < TIME_BOUND_S
+    assert result["peak_rss"] < RSS_BOUND
+    if isinstance(expected, str):
+        assert "error" in result, f"accepted: {result}"
+        assert re.search(expected, result["error"]), result["error"]
+        assert "corrupt" not in result["error"] or "corrupt" in expected
+        assert result["growth"] < bound
+    else:
+        assert "error" not in result, result["error"]
+        assert tuple(result["shape"]) == expected
+        assert result["dtype"] == ("uint8" if reader == "scan" else "float32")
+        assert not result["writeable"]
+        if bound == "10x slice":  # with a floor for small slices: the working blocks take a few MB
+            assert result["growth"] < max(10 * result["nbytes"], SMALL_SLICE_FLOOR)
+        else:  # the volume itself, plus working blocks of a few MB
+            assert result["growth"] < result["nbytes"] + 32 * MB
+        assert result["growth"] < 1_000_000_000 or bound == "volume"
