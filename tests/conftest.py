@@ -21,6 +21,20 @@ from tumor.overlay import draw_mask
 from tumor.report import report_dict, report_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
+
+try:  # Hypothesis comes with requirements-dev.txt
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover
+    settings = None
+if settings is not None:
+    # ci (the default): a fixed, bounded set of examples that fits the suite's budget.
+    # long: `pytest tests/test_fuzz.py --hypothesis-profile=long` for a local hunt.
+    _quiet_checks = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile(
+        "ci", max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=_quiet_checks
+    )
+    settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=_quiet_checks)
+    settings.load_profile("ci")
 HAS_WEIGHTS = (ROOT / "weights" / "manifest.json").is_file()
 HAS_GALLERY = (ROOT / "gallery" / "index.csv").is_file()
 
