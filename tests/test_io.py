@@ -1103,3 +1103,18 @@ def test_hostile_input_stays_within_the_budget(budget, case_id):
         else:  # the volume itself, plus working blocks of a few MB
             assert result["growth"] < result["nbytes"] + 32 * MB
         assert result["growth"] < 1_000_000_000 or bound == "volume"
+
+
+def test_a_wrong_element_length_is_called_corrupt_not_missing_pixels():
+    data = bytearray(_dicom(_ramp16()))
+    at = data.index(b"\x08\x00\x3e\x10LO")  # SeriesDescription: its length now swallows the rest
+    data[at + 6 : at + 8] = struct.pack("<H", 0xFFF0)
+    with pytest.raises(InputError, match="pixel data cannot be reached"):
+        read_scan(bytes(data))
+
+
+def test_nifti_datatype_without_a_voxel_type_is_named():
+    img = nibabel.Nifti1Image(np.arange(20 * 20 * 4, dtype=np.int16).reshape(20, 20, 4), np.eye(4))
+    img.header["datatype"] = 0
+    with pytest.raises(InputError, match="datatype code 0, which has no voxel type"):
+        read_volume(img.header.binaryblock + bytes(4) + img.get_fdata().astype(np.int16).tobytes("F"))

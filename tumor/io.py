@@ -139,8 +139,8 @@ class Volume:
     """A NIfTI volume reoriented to RAS+ (closest canonical).
 
     Attributes:
-        data: read-only float32 array (X, Y, Z); +X points to the patient's
-            right, +Y anterior, +Z superior.
+        data: read-only float32 array (X, Y, Z) in Fortran (file) order; +X
+            points to the patient's right, +Y anterior, +Z superior.
         spacing_mm: (x, y, z) voxel size in millimetres.
         meta: non-identifying display fields, keys from ``SAFE_META_KEYS``.
         default_window: (center, width) from the volume-wide 1st-99th
@@ -311,7 +311,8 @@ def _guarded() -> Iterator[None]:
     ``catch_warnings``, which swaps process-wide state, from interleaving.
     """
     with _READ_LOCK:
-        names = {n for n in logging.root.manager.loggerDict if n.split(".")[0] in _QUIET_LOGGERS}
+        # list() first: another thread may add a logger while this one looks.
+        names = {n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in _QUIET_LOGGERS}
         loggers = [logging.getLogger(n) for n in sorted(names | set(_QUIET_LOGGERS))]
         was_disabled = [logger.disabled for logger in loggers]
         for logger in loggers:
@@ -699,6 +700,13 @@ def _inflate_raw(compressed: memoryview, limit: int) -> io.BytesIO:
     return out
 
 
+def _undefined_length_pixels(ds: Dataset) -> bool:
+    try:
+        return "PixelData" in ds and ds["PixelData"].is_undefined_length
+    except Exception as err:
+        raise InputError("The DICOM pixel data element cannot be decoded: the file is corrupt.") from err
+
+
 def _not_group_2(tag: int, vr: str | None, length: int) -> bool:
     return tag >> 16 != 2
 
@@ -719,18 +727,20 @@ def _parse_dicom(data: bytes) -> Dataset:
                 ds = read_dataset(inflated, is_implicit_VR=False, is_little_endian=True)
                 ds.file_meta = meta
                 return ds
-            return pydicom.dcmread(io.BytesIO(data), force=False)
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        else:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except InputError:
         raise
     except MemoryError:
         raise
     except Exception as err:
         raise InputError("The DICOM file could not be read: it is corrupt or truncated. Export it again.") from err
-    # A bare data set: the transfer syntax follows from how pydicom found it encoded.
+    # No transfer syntax (a bare data set, or a file meta without one): it follows
+    # from how pydicom found the data set encoded, unless the pixels are compressed.
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
-        if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        if _undefined_length_pixels(ds):
             raise InputError(
                 "This DICOM has compressed pixel data but no file header naming the compression, so it "
                 "cannot be decoded. Export it again as a DICOM file (Part 10) with its header."
@@ -745,8 +755,21 @@ def _parse_dicom(data: bytes) -> Dataset:
     return ds
 
 
+def _get(ds: Dataset, keyword: str, default: object = None) -> object:
+    """A display field, or ``default`` when it is missing or its element cannot be decoded."""
+    try:
+        return ds.get(keyword, default)
+    except Exception:  # pydicom decodes lazily: a corrupt element raises only when read
+        return default
+
+
 def _header_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
-    value = ds.get(keyword, None)
+    try:
+        value = ds.get(keyword, None)
+    except Exception as err:
+        raise InputError(
+            f"The DICOM header's {keyword} cannot be decoded: the file is corrupt. Export it again."
+        ) from err
     if value is None or value == "":
         if default is None:
             raise InputError(
@@ -899,6 +922,13 @@ def _palette_to_rgb(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
 def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) -> Scan:
     ds = _parse_dicom(data)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if b"\xe0\x7f\x10\x00" in data[132:] or b"\x7f\xe0\x00\x10" in data[132:]:
+            # The pixel data tag is in the file, but parsing never reached it: an element before it
+            # declares a wrong length and swallowed the rest.
+            raise InputError(
+                "The DICOM file is corrupt: its pixel data cannot be reached, because an element before it "
+                "declares a wrong length. Export it again."
+            )
         raise InputError(
             "The DICOM file has no pixel data (it may be a report, a structured document "
             "or a header-only file). Upload an image series file."
@@ -931,7 +961,7 @@ def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) 
             f"Frame {frame!r} is out of range: this DICOM has {n_frames} frame(s), numbered 0 to {n_frames - 1}."
         )
     pixels = _decode_dicom_frame(ds, int(frame), n_frames, rows, cols)
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    photometric = str(_get(ds, "PhotometricInterpretation", "")).strip().upper()
     if photometric and photometric not in _PHOTOMETRIC:
         photometric = "unrecognised"  # a free-text value is not echoed: it could be anything typed there
     used_window: tuple[float, float] | None = None
@@ -964,8 +994,8 @@ def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) 
         if window is not None:
             used_window = window
         else:
-            center = _first_number(ds.get("WindowCenter"))
-            width = _first_number(ds.get("WindowWidth"))
+            center = _first_number(_get(ds, "WindowCenter"))
+            width = _first_number(_get(ds, "WindowWidth"))
             if center is not None and width is not None and width > 0:
                 used_window = (center, width)
             else:
@@ -986,13 +1016,13 @@ def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) 
             f"Unsupported DICOM pixel layout. Received: shape={pixels.shape}, "
             f"SamplesPerPixel={samples}, PhotometricInterpretation={photometric!r}."
         )
-    spacing = _spacing_from(ds.get("PixelSpacing"))
+    spacing = _spacing_from(_get(ds, "PixelSpacing"))
     meta = {"format": "DICOM"}
-    if "Modality" in ds:
-        meta["modality"] = _short_text(ds.Modality, 16)
-    if "SeriesDescription" in ds:
-        meta["series_description"] = _short_text(ds.SeriesDescription)
-    thickness = _first_number(ds.get("SliceThickness"))
+    for key, keyword, limit in (("modality", "Modality", 16), ("series_description", "SeriesDescription", 64)):
+        value = _get(ds, keyword)
+        if value is not None:
+            meta[key] = _short_text(value, limit)
+    thickness = _first_number(_get(ds, "SliceThickness"))
     if thickness is not None:
         meta["slice_thickness_mm"] = f"{thickness:g}"
     if spacing is not None:
@@ -1005,7 +1035,7 @@ def _read_dicom(data: bytes, *, frame: int, window: tuple[float, float] | None) 
     return Scan(
         rgb=_readonly(rgb.astype(np.uint8, copy=False)),
         pixel_spacing_mm=spacing,
-        orientation=_orientation_from_iop(ds.get("ImageOrientationPatient")),
+        orientation=_orientation_from_iop(_get(ds, "ImageOrientationPatient")),
         kind="dicom",
         meta=meta,
         n_frames=n_frames,
@@ -1081,9 +1111,12 @@ class _Gunzip(io.IOBase):
                 out = self._inflater.decompress(self._pending, min(want, self._limit + 1 - produced))
             except _INFLATE_ERRORS as err:
                 raise InputError("The .gz file is corrupt: its stream does not inflate. Upload it again.") from err
+            stalled = not out and len(self._inflater.unconsumed_tail) == len(self._pending)
             self._pending = self._inflater.unconsumed_tail
             self._buffer += out
             want -= len(out)
+            if stalled and not self._inflater.eof:  # no progress on the same input: never loop on it
+                raise InputError("The .gz file is corrupt: its stream does not inflate. Upload it again.")
             if self._inflater.eof:
                 # A gzip file may hold several members one after another.
                 end = self._in_pos - len(self._inflater.unused_data) - len(self._pending)
@@ -1102,7 +1135,7 @@ class _Gunzip(io.IOBase):
         if n is None or n < 0:
             n = self._limit + 1
         while len(self._buffer) < n and not self._ended:
-            self._inflate(min(n - len(self._buffer), max(self._CHUNK_OUT, n - len(self._buffer))))
+            self._inflate(n - len(self._buffer))
         out = bytes(self._buffer[:n])
         del self._buffer[:n]
         self._pos += len(out)
@@ -1260,6 +1293,11 @@ def _nifti_layout(header: nibabel.Nifti1Header, stored_bytes: int | None, gzippe
         raise InputError(
             f"The NIfTI header names datatype code {code}, which is not a NIfTI-1 data type: it is corrupt."
         ) from err
+    if dtype.kind == "V":  # DT_UNKNOWN (0) or DT_BINARY (1)
+        raise InputError(
+            f"The NIfTI header names datatype code {code}, which has no voxel type: the header is corrupt "
+            "or the volume is binary (1-bit), which this app does not support."
+        )
     if dtype.kind not in "biuf" or dtype.itemsize > 16:
         raise InputError(f"NIfTI data type {dtype} is not supported. Save the volume as integers or floats.")
     x, y, z = (*shape, 1)[:3]
