@@ -33,7 +33,9 @@ if settings is not None:
     settings.register_profile(
         "ci", max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=_quiet_checks
     )
-    settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=_quiet_checks)
+    settings.register_profile(
+        "long", max_examples=2000, deadline=None, database=None, suppress_health_check=_quiet_checks
+    )
     settings.load_profile("ci")
 HAS_WEIGHTS = (ROOT / "weights" / "manifest.json").is_file()
 HAS_GALLERY = (ROOT / "gallery" / "index.csv").is_file()
