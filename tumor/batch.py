@@ -1122,8 +1122,8 @@ def run(
             )
             n_workers = plan.workers
             ds = build_dataset(read_units(todo, manifest.blobs), plan, weights_dir=weights_dir, batch_size=batch_size)
-            if progress:  # Ray Data logs each execution plan; the bar and the summary say what matters
-                logging.getLogger("ray.data").setLevel(logging.ERROR)
+            # Ray Data logs each execution plan; the progress bar and the summary say what matters.
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
             bar = Progress(len(todo), enabled=progress)
             writer = PartWriter(out, run_id)
             start = time.monotonic()
