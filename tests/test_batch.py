@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import FakePipeline, phantom, png_bytes
 from tumor import batch
-from tumor.dicom_seg import read_header
+from tumor.dicom_seg import read_header, seg_for_upload
 from tumor.errors import InputError
 from tumor.io import read_scan, read_volume
 
@@ -574,6 +574,10 @@ def test_ray_end_to_end_agrees_with_the_pipeline(local_ray, real_pipeline, e2e_f
         assert np.array_equal(mask.astype(bool), expected.mask())
     assert masks.any()
     assert str(seg.PatientName) == "" and seg.PatientID in ("", None)
+    # The Analyze page's download, from the app's own Analysis of the upload, reads back the same way.
+    upload = hd.seg.segread(io.BytesIO(seg_for_upload(series[0], expected_dicom[0])))
+    back = upload.get_pixels_by_source_instance(uids[:1], segment_numbers=[1], combine_segments=True)
+    assert np.array_equal(back[0].astype(bool), expected_dicom[0].mask())
 
     # A second run with --resume scores nothing and rewrites nothing.
     parts = {p: p.stat().st_mtime_ns for p in (out / "slices").glob("*.parquet")}

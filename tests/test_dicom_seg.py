@@ -53,6 +53,7 @@ def test_seg_for_upload_reads_back_as_the_mask_over_the_upload():
     assert segment.SegmentAlgorithmType == "AUTOMATIC"
     assert segment.SegmentAlgorithmName == "brain-tumour MRI demo cascade"
     assert "9.9.9" in seg.SeriesDescription and seg.ContentQualification == "RESEARCH"
+    assert seg.ContentDescription.endswith("model 9.9.9, mask at p>=0.3")
 
 
 def test_seg_copies_no_patient_identifying_field():

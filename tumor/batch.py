@@ -901,8 +901,10 @@ def write_segs(
                     for r in rows
                 ]
             )
-            version = next(r["model_version"] for r in rows if r and r["status"] == "ok")
-            seg = build_seg(headers, masks, model_version=version)
+            first = next(r for r in rows if r and r["status"] == "ok")
+            seg = build_seg(
+                headers, masks, model_version=first["model_version"], mask_threshold=first["mask_threshold"]
+            )
         except (InputError, OSError, AttributeError, ValueError) as err:
             notes.append(f"series {uid}: no SEG, {err}")
             continue

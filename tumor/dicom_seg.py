@@ -94,6 +94,7 @@ def build_seg(
     masks: np.ndarray,
     *,
     model_version: str,
+    mask_threshold: float | None = None,
     series_number: int = SEG_SERIES_NUMBER,
 ) -> Dataset:
     """A binary DICOM SEG of the tumour mask over its source instances.
@@ -104,6 +105,8 @@ def build_seg(
         masks: bool (N, Rows, Columns), one mask per source instance (or per
             frame of the one multi-frame source); empty frames are left out.
         model_version: the model version the segment is labelled with.
+        mask_threshold: the probability threshold the masks were cut at,
+            recorded in the content description when given.
         series_number: the SEG's series number.
 
     Returns:
@@ -163,12 +166,19 @@ def build_seg(
             # LO values: at most 64 characters.
             series_description=f"Automatic tumour segmentation, model {model_version}"[:64],
             content_label="TUMOUR",
-            content_description=f"Research demo, not for diagnosis; model {model_version}"[:64],
+            content_description=_content_description(model_version, mask_threshold),
             content_qualification=hd.ContentQualificationValues.RESEARCH,
         )
     except (ValueError, TypeError, AttributeError, KeyError) as err:
         # highdicom names the missing or inconsistent attribute, never its value.
         raise InputError(f"A DICOM SEG cannot be made for this series: {err}") from err
+
+
+def _content_description(model_version: str, mask_threshold: float | None) -> str:
+    text = f"Research demo, not for diagnosis; model {model_version}"
+    if mask_threshold is not None:
+        text += f", mask at p>={mask_threshold:g}"
+    return text[:64]  # an LO value
 
 
 def seg_to_bytes(seg: Dataset) -> bytes:
@@ -217,7 +227,8 @@ def seg_for_upload(dicom_bytes: bytes, analysis, *, frame: int = 0, threshold: f
     mask = np.asarray(analysis.mask(threshold), dtype=bool)
     masks = np.zeros((n_frames, *mask.shape), dtype=bool)
     masks[frame] = mask
-    return seg_to_bytes(build_seg([ds], masks, model_version=analysis.model_version))
+    used = analysis.default_mask_threshold if threshold is None else float(threshold)
+    return seg_to_bytes(build_seg([ds], masks, model_version=analysis.model_version, mask_threshold=used))
 
 
 __all__ = ["build_seg", "read_header", "reference_header", "seg_for_upload", "seg_to_bytes"]
