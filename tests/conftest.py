@@ -3,11 +3,17 @@
 The stand-in follows the ``tumor.pipeline`` API with a fixed blob as its
 "probability map", so the pages can be tested fast and without weights. Tests
 against the real models live beside them and skip when weights are missing.
+
+The compiled networks (``tumor.runtime``) of the real weights are built once
+into ``runs/test-cache`` (ignored by git) and reused by every later session,
+the browser tests' servers included, unless ``TUMOR_CACHE_DIR`` names another
+folder.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -39,6 +45,7 @@ if settings is not None:
     settings.load_profile("ci")
 HAS_WEIGHTS = (ROOT / "weights" / "manifest.json").is_file()
 HAS_GALLERY = (ROOT / "gallery" / "index.csv").is_file()
+os.environ.setdefault("TUMOR_CACHE_DIR", str(ROOT / "runs" / "test-cache"))
 
 
 def phantom(size: int = 128) -> np.ndarray:
@@ -167,18 +174,38 @@ class FakeVolumeAnalysis:
 
 
 class FakePipeline:
-    """Counts model runs so tests can prove the controls never re-run one."""
+    """Counts model runs so tests can prove the controls never re-run one.
 
-    version = "fake-0"
-    tumor_threshold = 0.5
-    mask_threshold = 0.5
+    Follows ``tumor.pipeline.Pipeline``: one frozen ``Settings``, read through
+    the same properties, and the same entry points.
+    """
 
     def __init__(self) -> None:
+        from tumor.pipeline import Settings
+
         self.runs = 0
+        self.settings = Settings(tumor_threshold=0.5, mask_threshold=0.5, version="fake-0")
+        self.classifiers, self.segmenters = (), ()
         self.weights_sha256 = {"fake.weights.h5": "ab" * 32}
         self.metrics = {"n_slices": 10, "detection": {"auc": 0.99}}
 
-    def analyze(self, scan) -> FakeAnalysis:
+    @property
+    def version(self) -> str:
+        return self.settings.version
+
+    @property
+    def tumor_threshold(self) -> float:
+        return self.settings.tumor_threshold
+
+    @property
+    def mask_threshold(self) -> float:
+        return self.settings.mask_threshold
+
+    @property
+    def min_component_fraction(self) -> float:
+        return self.settings.min_component_fraction
+
+    def analyze(self, scan, *, spacing_mm=None, orientation=None) -> FakeAnalysis:
         rgb = np.asarray(getattr(scan, "rgb", scan))
         if min(rgb.shape[:2]) < 8:  # as tumor.pipeline does
             raise ValueError(f"Expected a slice at least 8x8. Received: shape={rgb.shape}")
@@ -187,9 +214,12 @@ class FakePipeline:
         return FakeAnalysis(
             image=rgb,
             prob_map=gray,
-            pixel_spacing_mm=getattr(scan, "pixel_spacing_mm", None),
-            orientation=getattr(scan, "orientation", None),
+            pixel_spacing_mm=spacing_mm or getattr(scan, "pixel_spacing_mm", None),
+            orientation=orientation or getattr(scan, "orientation", None),
         )
+
+    def analyze_batch(self, images) -> list[FakeAnalysis]:
+        return [self.analyze(image) for image in images]
 
     def grad_cam(self, analysis) -> np.ndarray:
         self.runs += 1

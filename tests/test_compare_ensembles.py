@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from test_train_eval import HAS_WEIGHTS, ROOT, _gallery_manifest
 
+from tumor import runtime
 from tumor.lab import compare_ensembles, data, evaluate
-from tumor.pipeline import Member, Pipeline
+from tumor.pipeline import Member, Pipeline, Settings
+from tumor.preprocess import scale_intensity
 
 
 class MeanClassifier:
@@ -20,8 +22,8 @@ class MeanClassifier:
     def __init__(self, tilt: float):
         self.tilt = tilt
 
-    def __call__(self, x, training=False):
-        m = np.asarray(x, np.float32).mean(axis=(1, 2, 3))
+    def __call__(self, x):
+        m = scale_intensity(x).mean(axis=(1, 2, 3))
         no = np.clip(1.2 - 3 * m, 0.05, 0.9)
         rest = (1 - no)[:, None] * np.array([[0.5 - self.tilt, 0.3, 0.2 + self.tilt]], np.float32)
         return np.concatenate([no[:, None], rest], axis=1)
@@ -33,13 +35,25 @@ class BrightSegmenter:
     def __init__(self, power: float):
         self.power = power
 
-    def __call__(self, x, training=False):
-        first = np.clip(np.asarray(x, np.float32)[..., :1], 0, 1)
+    def __call__(self, x):
+        first = scale_intensity(x)[..., :1]
         return first**self.power * np.linspace(0.5, 1.0, first.shape[2], dtype=np.float32)[None, None, :, None]
 
 
+SETTINGS = Settings(tumor_threshold=0.0, flip_tta=True)  # every slice segmented, as network_outputs runs them
+
+
 def _single(clf, seg) -> Pipeline:
-    return Pipeline(clf, seg, classifier_size=32, segmenter_size=48, tumor_threshold=0.0, flip_tta=True)
+    return Pipeline((Member(clf, 32),), (Member(seg, 48),), SETTINGS)
+
+
+def _compiled(*entries) -> list[Member]:
+    """Each entry compiled on its own and shown every slice, as ``network_outputs`` runs it."""
+    networks = runtime.load_networks([[e] for e in entries])
+    return [
+        Member(n, e.input_size, e.intensity, name=e.name, sha256=e.sha256)
+        for e, n in zip(entries, networks, strict=True)
+    ]
 
 
 def test_combined_cached_outputs_equal_the_ensemble_pipelines_outputs(tmp_path):
@@ -47,16 +61,7 @@ def test_combined_cached_outputs_equal_the_ensemble_pipelines_outputs(tmp_path):
     clfs, segs = (MeanClassifier(0.0), MeanClassifier(0.2)), (BrightSegmenter(1.0), BrightSegmenter(2.0))
     singles = [evaluate.run_pipeline(_single(c, s), df) for c, s in zip(clfs, segs, strict=True)]
     combined = compare_ensembles.combine(singles, singles)
-    ensemble = Pipeline(
-        clfs[0],
-        segs[0],
-        classifier_size=32,
-        segmenter_size=48,
-        tumor_threshold=0.0,
-        flip_tta=True,
-        extra_classifiers=(Member(clfs[1], 32),),
-        extra_segmenters=(Member(segs[1], 48),),
-    )
+    ensemble = Pipeline([Member(c, 32) for c in clfs], [Member(s, 48) for s in segs], SETTINGS)
     direct = evaluate.run_pipeline(ensemble, df)
     assert len(combined) == len(direct) == len(df)
     np.testing.assert_allclose(np.stack(combined["probs"]), np.stack(direct["probs"]), atol=1e-12)
@@ -140,20 +145,8 @@ def test_cli_scores_real_networks_as_the_ensemble_pipeline_does(tmp_path):
     from tumor import weights as weights_lib
 
     registry = weights_lib.read_registry(weights)
-    clf = [weights_lib.load_model(registry.models[n]) for n in ("classifier", "classifier_2")]
-    seg = weights_lib.load_model(registry.models["segmenter"])
-    second = registry.models["classifier_2"]
-    ensemble = Pipeline(
-        clf[0],
-        seg,
-        classifier_size=registry.models["classifier"].input_size,
-        segmenter_size=registry.models["segmenter"].input_size,
-        classifier_intensity=registry.models["classifier"].intensity,
-        segmenter_intensity=registry.models["segmenter"].intensity,
-        tumor_threshold=0.0,
-        flip_tta=registry.flip_tta,
-        extra_classifiers=(Member(clf[1], second.input_size, second.intensity),),
-    )
+    a, b, x = _compiled(*(registry.models[n] for n in ("classifier", "classifier_2", "segmenter")))
+    ensemble = Pipeline((a, b), (x,), Settings(tumor_threshold=0.0, flip_tta=registry.flip_tta))
     direct = evaluate.calibrated_report(evaluate.run_pipeline(ensemble, data.read_manifest(manifest)))
     row = result["pairs"][1]
     for key in ("tumor_threshold", "mask_threshold", "min_component_fraction"):
@@ -191,14 +184,9 @@ def test_a_routed_segmenter_set_scores_as_the_routed_pipeline_does(tmp_path):
     assert grey.any() and not grey.all()  # the gallery holds both kinds, so the routing is exercised
     combined = compare_ensembles.combine(singles[:1], singles[:2], singles[2:])
     routed = Pipeline(
-        clf,
-        segs[0],
-        classifier_size=32,
-        segmenter_size=48,
-        tumor_threshold=0.0,
-        flip_tta=True,
-        segmenter_inputs="colour",
-        extra_segmenters=(Member(segs[1], 48, inputs="colour"), Member(segs[2], 48, inputs="grey")),
+        (Member(clf, 32),),
+        (Member(segs[0], 48, route="colour"), Member(segs[1], 48, route="colour"), Member(segs[2], 48, route="grey")),
+        SETTINGS,
     )
     direct = evaluate.run_pipeline(routed, df)
     for a, b in zip(combined["prob_map"], direct["prob_map"], strict=True):
@@ -265,19 +253,9 @@ def test_cli_runs_extra_segmenters_alone_and_scores_a_routed_set_as_the_routed_p
     assert len(cached) == 2 and sum("_none_" in n for n in cached) == 1
 
     registry = weights_lib.read_registry(weights)
-    clf, x, y = (registry.models[n] for n in ("classifier", "segmenter", "segmenter_2"))
-    routed = Pipeline(
-        weights_lib.load_model(clf),
-        weights_lib.load_model(x),
-        classifier_size=clf.input_size,
-        segmenter_size=x.input_size,
-        classifier_intensity=clf.intensity,
-        segmenter_intensity=x.intensity,
-        tumor_threshold=0.0,
-        flip_tta=registry.flip_tta,
-        segmenter_inputs="colour",
-        extra_segmenters=(Member(weights_lib.load_model(y), y.input_size, y.intensity, "grey"),),
-    )
+    a, x, y = _compiled(*(registry.models[n] for n in ("classifier", "segmenter", "segmenter_2")))
+    x, y = dataclasses.replace(x, route="colour"), dataclasses.replace(y, route="grey")
+    routed = Pipeline((a,), (x, y), Settings(tumor_threshold=0.0, flip_tta=registry.flip_tta))
     direct = evaluate.calibrated_report(evaluate.run_pipeline(routed, data.read_manifest(manifest)))
     row = result["pairs"][1]
     for key in ("tumor_threshold", "mask_threshold", "min_component_fraction"):
@@ -301,6 +279,14 @@ def test_a_candidate_can_name_its_own_input_size(tmp_path):
     assert (sized.input_size, same.input_size) == (384, 256)
 
 
+def _stub_networks(monkeypatch, make) -> None:
+    """``network_outputs`` runs ``make(entry)`` instead of compiling; the entries' files are not hashed."""
+    from tumor import weights as weights_lib
+
+    monkeypatch.setattr(weights_lib, "verify", lambda entry: None)
+    monkeypatch.setattr(runtime, "load_networks", lambda groups, **kw: [make(g[0]) for g in groups])
+
+
 def test_network_outputs_cache_one_file_per_input_side(tmp_path, monkeypatch):
     """One weights file run at two input sides is two networks: two caches, each read back, never swapped."""
     from tumor import weights as weights_lib
@@ -309,11 +295,11 @@ def test_network_outputs_cache_one_file_per_input_side(tmp_path, monkeypatch):
     runs = []
 
     def fake_run(pipeline, frame, transform=None):
-        runs.append(pipeline.segmenter_size)
-        return frame.assign(side=pipeline.segmenter_size)
+        runs.append(pipeline.segmenters[0].size)
+        return frame.assign(side=pipeline.segmenters[0].size)
 
     monkeypatch.setattr(compare_ensembles, "run_pipeline", fake_run)
-    monkeypatch.setattr(weights_lib, "load_model", lambda entry: BrightSegmenter(1.0))
+    _stub_networks(monkeypatch, lambda entry: BrightSegmenter(1.0))
     entry = weights_lib.ModelEntry(
         kind="segmenter", name="x", path=tmp_path / "x.weights.h5", sha256="ab" * 32, input_size=48, build_kwargs={}
     )
@@ -330,7 +316,7 @@ def test_a_classifier_pass_without_a_segmenter_gives_the_same_probabilities_and_
     from tumor import weights as weights_lib
 
     df = data.read_manifest(_gallery_manifest(tmp_path)).head(4)
-    monkeypatch.setattr(weights_lib, "load_model", lambda entry: MeanClassifier(0.1))
+    _stub_networks(monkeypatch, lambda entry: MeanClassifier(0.1))
     clf = weights_lib.ModelEntry(
         kind="classifier", name="c", path=tmp_path / "c.weights.h5", sha256="cd" * 32, input_size=32, build_kwargs={}
     )
@@ -346,17 +332,17 @@ def test_a_classifier_pass_without_a_segmenter_gives_the_same_probabilities_and_
 
 def test_networks_cached_alone_are_not_run_again_in_a_new_pairing(tmp_path, monkeypatch):
     """A later comparison that pairs a new classifier with a segmenter cached alone runs only the new network."""
-    from tumor import weights as weights_lib
 
     stubs = {"a": MeanClassifier(0.0), "b": MeanClassifier(0.35), "x": BrightSegmenter(1.0), "y": BrightSegmenter(2.0)}
     for name in stubs:
         (tmp_path / f"{name}.weights.h5").write_bytes(name.encode())  # hashed only: each file its own hash
-    monkeypatch.setattr(weights_lib, "load_model", lambda entry: stubs[entry.path.name.split(".")[0]])
+    _stub_networks(monkeypatch, lambda entry: stubs[entry.path.name.split(".")[0]])
     runs = []
 
     def counted(pipeline, frame, transform=None):
         if transform is None:  # the FLAIR-only passes of a tie-break, if any, are not counted
-            runs.append((pipeline.classifier in stubs.values(), pipeline.segmenter in stubs.values()))
+            stubbed = (pipeline.classifiers[0].network, pipeline.segmenters[0].network)
+            runs.append(tuple(any(n is s for s in stubs.values()) for n in stubbed))
         return evaluate.run_pipeline(pipeline, frame, transform=transform)
 
     monkeypatch.setattr(compare_ensembles, "run_pipeline", counted)

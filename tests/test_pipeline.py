@@ -1,4 +1,8 @@
-"""The cascade with stub models, the weights registry, and real-weights checks."""
+"""The cascade with stub networks, the weights registry, and real-weights checks.
+
+A stub network takes what a compiled one takes, uint8 model squares
+(N, S, S, 3), and returns (N, 4) probabilities or (N, S, S[, 1]) maps.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from PIL import Image
 
 from tumor import weights as weights_lib
 from tumor.errors import WeightsError
-from tumor.pipeline import Pipeline
+from tumor.pipeline import Member, Pipeline, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights"
@@ -30,8 +34,8 @@ class StubClassifier:
         self.probs = np.asarray(probs, np.float32)[None]
         self.calls = 0
 
-    def __call__(self, x, training=False):
-        assert training is False
+    def __call__(self, x):
+        assert x.dtype == np.uint8 and x.ndim == 4, "networks take uint8 model squares"
         self.calls += 1
         return np.repeat(self.probs, x.shape[0], axis=0)
 
@@ -42,8 +46,8 @@ class StubSegmenter:
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, x, training=False):
-        assert training is False
+    def __call__(self, x):
+        assert x.dtype == np.uint8 and x.ndim == 4, "networks take uint8 model squares"
         self.calls += 1
         s = x.shape[1]
         y, xx = np.mgrid[:s, :s]
@@ -52,8 +56,17 @@ class StubSegmenter:
         return np.repeat(one[None], x.shape[0], axis=0)
 
 
+def _make(classifier, segmenter, size=32, seg_size=None, **settings) -> Pipeline:
+    """A one-classifier, one-segmenter pipeline of stub networks."""
+    return Pipeline((Member(classifier, size),), (Member(segmenter, seg_size or size),), Settings(**settings))
+
+
 def _pipeline(probs):
-    return Pipeline(StubClassifier(probs), StubSegmenter(), classifier_size=32, segmenter_size=32, tumor_threshold=0.5)
+    return _make(StubClassifier(probs), StubSegmenter(), tumor_threshold=0.5)
+
+
+def _calls(pipe: Pipeline) -> tuple[int, int]:
+    return pipe.classifiers[0].network.calls, pipe.segmenters[0].network.calls
 
 
 def _slice(h=60, w=90):
@@ -75,8 +88,7 @@ def _slice(h=60, w=90):
 def test_cascade_runs_the_segmenter_only_on_positives(probs, detected, predicted, seg_calls):
     pipe = _pipeline(probs)
     a = pipe.analyze(_slice())
-    assert pipe.classifier.calls == 1
-    assert pipe.segmenter.calls == seg_calls
+    assert _calls(pipe) == (1, seg_calls)
     assert a.tumor_detected is detected and a.predicted_class == predicted
     assert a.p_tumor == pytest.approx(1 - probs[0])
     assert (a.prob_map is None) is (not detected)
@@ -106,13 +118,13 @@ def test_rethresholding_and_drawing_never_rerun_a_model():
     for t in (0.2, 0.5, 0.8):
         a.mask(t), a.overlay(t, mode="fill", opacity=0.5), a.measurements(t)
     a.report(0.3)
-    assert pipe.classifier.calls == 1 and pipe.segmenter.calls == 1
+    assert _calls(pipe) == (1, 1)
 
 
 class RampSegmenter:
     """Probability rising from the left edge (0) to the right edge (1)."""
 
-    def __call__(self, x, training=False):
+    def __call__(self, x):
         s = x.shape[1]
         ramp = np.broadcast_to(np.linspace(0, 1, s, dtype=np.float32), (s, s))
         return np.repeat(ramp[None, ..., None], x.shape[0], axis=0)
@@ -120,13 +132,17 @@ class RampSegmenter:
 
 def test_flip_tta_averages_the_mirrored_prediction_in_one_call():
     clf = StubClassifier((0.1, 0.8, 0.05, 0.05))
-    plain = Pipeline(clf, RampSegmenter(), classifier_size=32, segmenter_size=32)
-    tta = Pipeline(clf, RampSegmenter(), classifier_size=32, segmenter_size=32, flip_tta=True)
+    plain = _make(clf, RampSegmenter())
+    tta = plain.with_settings(flip_tta=True)
     img = np.full((32, 32, 3), 100, np.uint8)
-    a, b = plain.analyze(img), tta.analyze(img)
+    a = plain.analyze(img)
+    calls = clf.calls
+    b = tta.analyze(img)
+    assert clf.calls == calls + 1  # the slice and its mirror in one call
     assert a.prob_map[:, -1].mean() > 0.9 and a.prob_map[:, 0].mean() < 0.1
     assert np.allclose(b.prob_map, 0.5, atol=0.02)  # ramp + mirrored ramp
     assert b.probabilities == pytest.approx(a.probabilities)
+    assert not plain.flip_tta and tta.flip_tta  # with_settings leaves the original as it was
 
 
 def test_analysis_is_immutable_and_does_not_alias_the_input():
@@ -151,7 +167,7 @@ def test_analyze_refuses_malformed_arrays(bad):
 class TwoBlobSegmenter:
     """A large confident blob and a small one, in the model square."""
 
-    def __call__(self, x, training=False):
+    def __call__(self, x):
         s = x.shape[1]
         out = np.zeros((x.shape[0], s, s, 1), np.float32)
         out[:, s // 4 : s // 2, s // 4 : s // 2] = 0.9  # (s/4)^2 pixels
@@ -160,18 +176,15 @@ class TwoBlobSegmenter:
 
 
 def test_small_components_are_dropped_and_the_threshold_still_never_grows_the_mask():
-    kwargs = {"classifier_size": 32, "segmenter_size": 32, "tumor_threshold": 0.5}
-    keep_all = Pipeline(StubClassifier((0.1, 0.8, 0.05, 0.05)), TwoBlobSegmenter(), **kwargs)
-    filtered = Pipeline(
-        StubClassifier((0.1, 0.8, 0.05, 0.05)), TwoBlobSegmenter(), min_component_fraction=0.01, **kwargs
-    )
+    keep_all = _make(StubClassifier((0.1, 0.8, 0.05, 0.05)), TwoBlobSegmenter(), tumor_threshold=0.5)
+    filtered = keep_all.with_settings(min_component_fraction=0.01)
     img = np.full((64, 64, 3), 100, np.uint8)  # model square 32 px -> 2x upsampling
     every, big_only = keep_all.analyze(img).mask(0.5), filtered.analyze(img).mask(0.5)
     assert big_only.sum() == 16 * 16  # the 8x8 blob, upsampled
     assert every.sum() == 16 * 16 + 4 * 4  # plus the 2x2 blob (16 px < 1% of 4,096 px)
     assert not (big_only & ~every).any()
 
-    a = Pipeline(StubClassifier((0.1, 0.8, 0.05, 0.05)), StubSegmenter(), min_component_fraction=0.05, **kwargs)
+    a = _make(StubClassifier((0.1, 0.8, 0.05, 0.05)), StubSegmenter(), tumor_threshold=0.5, min_component_fraction=0.05)
     analysis = a.analyze(_slice(60, 90))
     masks = [analysis.mask(t) for t in np.linspace(0, 1, 41)]
     assert all(not (hi & ~lo).any() for lo, hi in itertools.pairwise(masks))
@@ -328,39 +341,79 @@ def test_registry_reads_each_models_intensity_scaling_and_refuses_an_unknown_one
         weights_lib.read_registry(d)
 
 
-class RecordingModel:
-    """Wraps a stub model and keeps the last batch it was given."""
+class RecordingNetwork:
+    """Wraps a stub network and keeps the last batch it was given."""
 
     def __init__(self, inner):
         self.inner, self.seen = inner, None
 
-    def __call__(self, x, training=False):
-        self.seen = np.asarray(x)
-        return self.inner(x, training=training)
+    def __call__(self, x):
+        self.seen = np.asarray(x).copy()
+        return self.inner(x)
 
 
-@pytest.mark.parametrize("mode", ["unit", "foreground_mean"])
-def test_pipeline_feeds_each_model_the_scaling_its_manifest_names(mode):
-    from tumor.models import preprocess_classifier, to_model_square
+@pytest.mark.parametrize("flip", [False, True])
+def test_pipeline_feeds_each_network_its_uint8_model_square_and_mirror_in_one_batch(flip):
+    from tumor.preprocess import to_model_square
 
-    cls, seg = RecordingModel(StubClassifier((0.1, 0.8, 0.05, 0.05))), RecordingModel(StubSegmenter())
-    p = Pipeline(
-        cls,
-        seg,
-        classifier_size=32,
-        segmenter_size=32,
-        tumor_threshold=0.5,
-        classifier_intensity=mode,
-        segmenter_intensity=mode,
-    )
+    cls, seg = RecordingNetwork(StubClassifier((0.1, 0.8, 0.05, 0.05))), RecordingNetwork(StubSegmenter())
+    p = Pipeline((Member(cls, 32),), (Member(seg, 48),), Settings(tumor_threshold=0.5, flip_tta=flip))
     img = _slice()
     img[20:30, 20:40] = (30, 90, 200)
     p.analyze(img)
-    expected = np.asarray(preprocess_classifier(to_model_square(img, 32)[0][None], mode))
-    np.testing.assert_allclose(cls.seen, expected, rtol=1e-6)
-    np.testing.assert_allclose(seg.seen, expected, rtol=1e-6)
-    unit = np.asarray(preprocess_classifier(to_model_square(img, 32)[0][None]))
-    assert np.allclose(cls.seen, unit) == (mode == "unit")
+    for network, size in ((cls, 32), (seg, 48)):
+        square = to_model_square(img, size)[0]
+        expected = np.stack([square, square[:, ::-1]]) if flip else square[None]
+        np.testing.assert_array_equal(network.seen, expected)  # scaling is the network's own (tumor.runtime)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tumor_threshold": 1.5}, "tumor_threshold=1.5"),
+        ({"mask_threshold": -0.1}, "mask_threshold=-0.1"),
+        ({"min_component_fraction": 1.0}, "min_component_fraction"),
+    ],
+)
+def test_settings_refuse_values_out_of_range(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Settings(**kwargs)
+
+
+def test_settings_are_frozen_and_the_pipeline_holds_each_once():
+    pipe = _pipeline((0.1, 0.8, 0.05, 0.05))
+    with pytest.raises(AttributeError):
+        pipe.settings.tumor_threshold = 0.0  # type: ignore[misc]
+    assert set(vars(pipe)) == {"classifiers", "segmenters", "settings", "metrics", "weights_dir"}
+    lowered = pipe.with_settings(tumor_threshold=0.0)
+    assert (pipe.tumor_threshold, lowered.tumor_threshold) == (0.5, 0.0)
+    assert lowered.classifiers is pipe.classifiers and lowered.segmenters is pipe.segmenters
+
+
+@pytest.mark.parametrize(
+    ("member", "match"),
+    [
+        ({"intensity": "zscore"}, "intensity='zscore'"),
+        ({"route": "gray"}, "route='gray'"),
+        ({"size": 4}, "size=4"),
+    ],
+)
+def test_members_refuse_unknown_scalings_routes_and_sides(member, match):
+    with pytest.raises(ValueError, match=match):
+        Member(StubSegmenter(), **({"size": 32} | member))
+
+
+def test_members_sharing_a_network_must_share_its_side_and_route():
+    shared = StubSegmenter()
+    clf = (Member(StubClassifier((0, 1, 0, 0)), 32),)
+    with pytest.raises(ValueError, match="share its input side and route"):
+        Pipeline(clf, (Member(shared, 32), Member(shared, 48)))
+    with pytest.raises(ValueError, match="share its input side and route"):
+        Pipeline(clf, (Member(shared, 32, route="grey"), Member(shared, 32, route="colour")))
+    with pytest.raises(ValueError, match="route 'all'"):
+        Pipeline((Member(StubClassifier((0, 1, 0, 0)), 32, route="grey"),), (Member(shared, 32),))
+    with pytest.raises(ValueError, match="at least one classifier and one segmenter"):
+        Pipeline(clf, ())
 
 
 def _gallery_case(case: str) -> tuple[np.ndarray, np.ndarray]:
@@ -441,38 +494,141 @@ class ScaledSegmenter(StubSegmenter):
         super().__init__()
         self.scale = scale
 
-    def __call__(self, x, training=False):
-        return self.scale * super().__call__(x, training)
+    def __call__(self, x):
+        return self.scale * super().__call__(x)
 
 
 def test_ensemble_averages_each_members_output_at_its_own_size():
-    from tumor.pipeline import Member
-
     first, second = StubClassifier((0.6, 0.3, 0.05, 0.05)), StubClassifier((0.0, 0.1, 0.1, 0.8))
-    seg2 = ScaledSegmenter(0.5)
+    seg1, seg2 = StubSegmenter(), ScaledSegmenter(0.5)
     pipe = Pipeline(
-        first,
-        StubSegmenter(),
-        classifier_size=32,
-        segmenter_size=32,
-        tumor_threshold=0.5,
-        flip_tta=True,
-        extra_classifiers=(Member(second, 48, "foreground_mean"),),
-        extra_segmenters=(Member(seg2, 64),),
+        (Member(first, 32), Member(second, 48, "foreground_mean")),
+        (Member(seg1, 32), Member(seg2, 64)),
+        Settings(tumor_threshold=0.5, flip_tta=True),
     )
-    single = Pipeline(
-        StubClassifier((0, 0, 0, 1)), StubSegmenter(), classifier_size=32, segmenter_size=32, tumor_threshold=0.5
-    )
+    single = _pipeline((0, 0, 0, 1))
     rgb = _slice()
     a = pipe.analyze(rgb)
     np.testing.assert_allclose([a.probabilities[c] for c in a.probabilities], (0.3, 0.2, 0.075, 0.425), atol=1e-6)
     assert a.predicted_class == "pituitary" and a.p_tumor == pytest.approx(0.7)
-    assert (first.calls, second.calls, seg2.calls) == (1, 1, 1)  # one batched call each (slice and mirror)
+    assert (first.calls, second.calls, seg1.calls, seg2.calls) == (1, 1, 1, 1)  # one call each, mirror included
     ref = single.analyze(rgb).prob_map  # the unscaled radial map at 32 px
     assert a.prob_map.shape == rgb.shape[:2]
     # The mean of the full map and a half-strength one (resampled from 64 px): about 0.75 of it.
     centre = (slice(25, 35), slice(40, 50))
     np.testing.assert_allclose(a.prob_map[centre], 0.75 * ref[centre], atol=0.05)
+
+
+class GroupClassifier(StubClassifier):
+    """A compiled group's stand-in: one call returns the mean of the members it holds."""
+
+
+def test_members_sharing_a_network_are_one_call_and_count_once_each_in_the_mean():
+    group, solo = GroupClassifier((0.2, 0.6, 0.1, 0.1)), StubClassifier((0.8, 0.0, 0.2, 0.0))
+    seg_group, seg_solo = StubSegmenter(), ScaledSegmenter(0.25)
+    pipe = Pipeline(
+        (Member(group, 32, name="a"), Member(group, 32, name="b"), Member(solo, 32, name="c")),
+        (Member(seg_group, 32), Member(seg_group, 32), Member(seg_solo, 32)),
+        Settings(tumor_threshold=0.1, flip_tta=True),
+    )
+    a = pipe.analyze(_slice())
+    assert (group.calls, solo.calls, seg_group.calls, seg_solo.calls) == (1, 1, 1, 1)
+    np.testing.assert_allclose(list(a.probabilities.values()), (0.4, 0.4, 0.4 / 3, 0.2 / 3), atol=1e-6)
+    reference = _pipeline((0, 1, 0, 0)).with_settings(flip_tta=True).segment(_slice())
+    np.testing.assert_allclose(a.prob_map, (2 + 0.25) / 3 * reference, atol=1e-6)
+    assert len(pipe.networks) == 4
+
+
+class BrightnessClassifier:
+    """P(no tumour) falls as the square's mean brightness rises: an output that depends on the slice."""
+
+    def __call__(self, x):
+        m = x.astype(np.float32).mean(axis=(1, 2, 3)) / 255
+        no = np.clip(1.0 - 4 * m, 0.02, 0.98)
+        return np.stack([no, (1 - no) * 0.5, (1 - no) * 0.3, (1 - no) * 0.2], axis=1).astype(np.float32)
+
+
+class BrightnessSegmenter:
+    """The first channel as the map: depends on the slice and on the mirror."""
+
+    def __call__(self, x):
+        return x[..., :1].astype(np.float32) / 255 * np.linspace(0.5, 1, x.shape[2], dtype=np.float32)[:, None]
+
+
+def _bright_pipeline(**settings) -> Pipeline:
+    return _make(BrightnessClassifier(), BrightnessSegmenter(), 32, 48, **({"tumor_threshold": 0.5} | settings))
+
+
+def _varied_slices() -> list[np.ndarray]:
+    out = []
+    for k, (h, w) in enumerate([(60, 90), (64, 64), (90, 40), (33, 70)]):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[5:-5, 5:-5] = 40 + 40 * k
+        img[10:20, 10:25] = (200, 120 + k, 90) if k % 2 else 230
+        out.append(img)
+    return out
+
+
+def test_analyze_batch_gives_each_slice_what_analyze_gives_it():
+    pipe = _bright_pipeline(flip_tta=True)
+    slices = _varied_slices()
+    batched = pipe.analyze_batch(slices)
+    assert [a.tumor_detected for a in batched].count(True) not in (0, len(slices))  # both outcomes covered
+    for img, b in zip(slices, batched, strict=True):
+        a = pipe.analyze(img)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-7) and a.predicted_class == b.predicted_class
+        assert (a.prob_map is None) == (b.prob_map is None)
+        if a.prob_map is not None:
+            np.testing.assert_allclose(a.prob_map, b.prob_map, atol=1e-6)
+    assert pipe.analyze_batch([]) == []
+
+
+class _Volume:
+    """A stand-in for tumor.io.Volume: the varied slices, repeated along the axial plane."""
+
+    voxel_volume_ml = 0.002
+
+    def __init__(self, n: int):
+        base = _varied_slices()
+        self.slices = [np.ascontiguousarray(base[i % len(base)][:33, :40]) for i in range(n)]
+
+    def n_slices(self, plane: str = "axial") -> int:
+        return len(self.slices)
+
+    def slice(self, i: int, plane: str = "axial"):
+        return self.slices[i]
+
+
+def test_analyze_volume_runs_in_batches_reports_progress_and_matches_slice_by_slice():
+    from tumor.pipeline import VOLUME_CHUNK
+
+    clf = BrightnessClassifier()
+    calls = []
+    counting = RecordingNetwork(lambda x: (calls.append(len(x)), clf(x))[1])
+    pipe = Pipeline((Member(counting, 32),), (Member(BrightnessSegmenter(), 48),), Settings(tumor_threshold=0.5))
+    n = 2 * VOLUME_CHUNK + 3
+    volume, progress = _Volume(n), []
+    result = pipe.analyze_volume(volume, progress=lambda done, total: progress.append((done, total)))
+    assert calls == [VOLUME_CHUNK, VOLUME_CHUNK, 3]  # one classifier call per batch of slices
+    assert progress == [(VOLUME_CHUNK, n), (2 * VOLUME_CHUNK, n), (n, n)]
+    one_by_one = [pipe.analyze(s) for s in volume.slices]
+    assert result.p_tumor == pytest.approx([a.p_tumor for a in one_by_one])
+    assert result.tumor_area_px == [int(a.mask().sum()) for a in one_by_one]
+    assert result.largest_slice == int(np.argmax(result.tumor_area_px))
+    assert result.tumor_volume_ml == pytest.approx(sum(result.tumor_area_px) * 0.002)
+
+
+def test_threads_calling_analyze_at_once_get_what_serial_calls_get():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = _bright_pipeline(flip_tta=True)
+    slices = _varied_slices() * 6
+    serial = [pipe.analyze(s) for s in slices]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(pipe.analyze, slices))
+    for a, b in zip(serial, threaded, strict=True):
+        assert a.probabilities == b.probabilities
+        assert (a.prob_map is None and b.prob_map is None) or np.array_equal(a.prob_map, b.prob_map)
 
 
 # --- routing greyscale and colour slices to their own segmenters ----------------------
@@ -503,61 +659,56 @@ def test_is_grey_tells_single_sequence_slices_from_composites(make, grey):
 
 
 def test_segmenters_are_routed_by_the_slices_kind_and_all_members_see_every_slice():
-    from tumor.pipeline import Member
-
     colour_seg, grey_seg, every_seg = StubSegmenter(), ScaledSegmenter(0.5), ScaledSegmenter(0.25)
+    clf = StubClassifier((0.0, 1.0, 0.0, 0.0))
     pipe = Pipeline(
-        StubClassifier((0.0, 1.0, 0.0, 0.0)),
-        colour_seg,
-        classifier_size=32,
-        segmenter_size=32,
-        tumor_threshold=0.5,
-        segmenter_inputs="colour",
-        extra_segmenters=(Member(grey_seg, 32, inputs="grey"), Member(every_seg, 32)),
+        (Member(clf, 32),),
+        (Member(colour_seg, 32, route="colour"), Member(grey_seg, 32, route="grey"), Member(every_seg, 32)),
+        Settings(tumor_threshold=0.5),
     )
-    reference = Pipeline(
-        StubClassifier((0.0, 1.0, 0.0, 0.0)), StubSegmenter(), classifier_size=32, segmenter_size=32
-    ).segment(_slice())
+    reference = _pipeline((0.0, 1.0, 0.0, 0.0)).segment(_slice())
     grey_map = pipe.segment(_slice())
     assert (colour_seg.calls, grey_seg.calls, every_seg.calls) == (0, 1, 1)
     np.testing.assert_allclose(grey_map, (0.5 + 0.25) / 2 * reference, atol=1e-6)
     colour_map = pipe.segment(_colour_slice())
     assert (colour_seg.calls, grey_seg.calls, every_seg.calls) == (1, 1, 2)
     np.testing.assert_allclose(colour_map, (1.0 + 0.25) / 2 * reference, atol=1e-6)
+    # A batch of both kinds routes each slice to its own segmenters.
+    both = pipe.segment_batch([_slice(), _colour_slice()])
+    np.testing.assert_allclose(both[0], grey_map)
+    np.testing.assert_allclose(both[1], colour_map)
     # analyze takes the same route, keeps the routed map and says which route drew it, in the report too.
     grey_analysis = pipe.analyze(_slice())
     np.testing.assert_allclose(grey_analysis.prob_map, grey_map)
     assert grey_analysis.segmenter_route == "grey" and pipe.analyze(_colour_slice()).segmenter_route == "colour"
     assert grey_analysis.report()["model"]["segmenter_route"] == "grey"
     # Unrouted weights, or a negative slice (no segmenter ran), name no route.
-    unrouted = Pipeline(StubClassifier((0.0, 1.0, 0.0, 0.0)), StubSegmenter(), classifier_size=32, segmenter_size=32)
+    unrouted = _pipeline((0.0, 1.0, 0.0, 0.0))
     assert unrouted.analyze(_slice()).segmenter_route is None
     assert "segmenter_route" not in unrouted.analyze(_slice()).report()["model"]
-    pipe.classifiers[0].model.probs[:] = (1.0, 0.0, 0.0, 0.0)
+    clf.probs[:] = (1.0, 0.0, 0.0, 0.0)
     assert pipe.analyze(_slice()).segmenter_route is None
 
 
 def test_routing_with_no_segmenter_for_a_kind_of_slice_is_an_error():
-    from tumor.pipeline import Member
-
     pipe = Pipeline(
-        StubClassifier((0.0, 1.0, 0.0, 0.0)),
-        StubSegmenter(),
-        classifier_size=32,
-        segmenter_size=32,
-        segmenter_inputs="colour",
-        extra_segmenters=(Member(StubSegmenter(), 32, inputs="colour"),),
+        (Member(StubClassifier((0.0, 1.0, 0.0, 0.0)), 32),),
+        (Member(StubSegmenter(), 32, route="colour"), Member(StubSegmenter(), 32, route="colour")),
     )
     with pytest.raises(RuntimeError, match="No segmenter is routed to grey slices"):
         pipe.segment(_slice())
 
 
-def test_registry_reads_segmenter_routes_and_the_pipeline_loads_them(tmp_path, monkeypatch):
+def test_registry_reads_segmenter_routes_and_the_pipeline_groups_them_into_networks(tmp_path, monkeypatch):
+    from tumor import runtime
+
     d = _fake_weights_dir(
         tmp_path,
         members={
             "segmenter": {"kind": "segmenter", "input_size": 32, "inputs": "colour"},
             "segmenter_2": {"kind": "segmenter", "input_size": 48, "inputs": "grey"},
+            "segmenter_3": {"kind": "segmenter", "input_size": 48, "inputs": "grey"},
+            "classifier_2": {"kind": "classifier", "input_size": 32},
         },
     )
     raw = json.loads((d / "manifest.json").read_text())
@@ -567,10 +718,28 @@ def test_registry_reads_segmenter_routes_and_the_pipeline_loads_them(tmp_path, m
         "classifier": "all",
         "segmenter": "colour",
         "segmenter_2": "grey",
+        "segmenter_3": "grey",
+        "classifier_2": "all",
     }
-    monkeypatch.setattr(weights_lib, "load_model", lambda entry, verified=False: StubSegmenter())
+    seen = []
+
+    def load_networks(groups, **kwargs):
+        seen.append([[e.name for e in g] for g in groups])
+        return [StubClassifier((0, 1, 0, 0)) if g[0].kind == "classifier" else StubSegmenter() for g in groups]
+
+    monkeypatch.setattr(runtime, "load_networks", load_networks)
     pipe = Pipeline.from_weights_dir(d)
-    assert [(m.size, m.inputs) for m in pipe.segmenters] == [(32, "colour"), (48, "grey")]
+    # One network per kind, route and side: the two classifiers together, the two grey segmenters together.
+    assert seen == [[["classifier", "classifier_2"], ["segmenter"], ["segmenter_2", "segmenter_3"]]]
+    assert [(m.name, m.size, m.route) for m in pipe.segmenters] == [
+        ("segmenter", 32, "colour"),
+        ("segmenter_2", 48, "grey"),
+        ("segmenter_3", 48, "grey"),
+    ]
+    assert pipe.segmenters[1].network is pipe.segmenters[2].network
+    assert pipe.classifiers[0].network is pipe.classifiers[1].network
+    assert pipe.weights_sha256 == {n: e.sha256 for n, e in reg.models.items()}
+    assert (pipe.version, pipe.tumor_threshold, pipe.mask_threshold) == ("t", 0.5, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -603,8 +772,7 @@ def test_benchmark_compare_runs_every_folder_on_every_slice_and_sorts_by_outcome
     assert f"(n={n})" in out[1] and "x1.00 of the first" in out[1] and out[2].endswith("none")
     assert out[4].endswith("none") and f"(n={n})" in out[5]
     # every slice once per repeat, plus the warm-up: classifier and (positive only) segmenter calls
-    assert pipes["pos"].classifier.calls == pipes["neg"].classifier.calls == n + 1
-    assert pipes["pos"].segmenter.calls == n + 1 and pipes["neg"].segmenter.calls == 0
+    assert _calls(pipes["pos"]) == (n + 1, n + 1) and _calls(pipes["neg"]) == (n + 1, 0)
     # negatives against a first folder that has negatives too: their ratio is printed as well
     pipes["neg2"] = _pipeline((0.9, 0.05, 0.03, 0.02))
     benchmark.main(["--compare", "neg", "neg2", "--repeats", "1"])

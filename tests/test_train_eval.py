@@ -318,7 +318,7 @@ def test_val_grey_makes_only_the_validation_slices_greyscale(tmp_path):
 
 def test_flair_only_evaluation_feeds_the_pipeline_grey_slices(tmp_path):
     from tumor.lab import evaluate
-    from tumor.pipeline import Pipeline
+    from tumor.pipeline import Member, Pipeline, Settings
 
     seen = []
 
@@ -331,7 +331,7 @@ def test_flair_only_evaluation_feeds_the_pipeline_grey_slices(tmp_path):
 
     df = data.read_manifest(_gallery_manifest(tmp_path))
     lgg = df[df["source"] == "lgg_kaggle_3m"].head(2)
-    pipeline = Pipeline(classifier, segmenter, classifier_size=32, segmenter_size=32, tumor_threshold=0.5)
+    pipeline = Pipeline((Member(classifier, 32),), (Member(segmenter, 32),), Settings(tumor_threshold=0.5))
     evaluate.run_pipeline(pipeline, lgg)
     assert any(not np.allclose(b[..., 0], b[..., 1]) for b in seen)  # the colour composites as they are
     seen.clear()
@@ -345,7 +345,7 @@ def test_evaluate_leaves_out_and_counts_the_slices_the_app_refuses(tmp_path):
     from PIL import Image
 
     from tumor.lab import evaluate
-    from tumor.pipeline import Pipeline
+    from tumor.pipeline import Member, Pipeline, Settings
 
     manifest = _gallery_manifest(tmp_path)
     rows = pd.read_csv(manifest, dtype=str, keep_default_na=False).head(3)
@@ -362,7 +362,7 @@ def test_evaluate_leaves_out_and_counts_the_slices_the_app_refuses(tmp_path):
     def segmenter(x, training=False):
         return np.zeros((*x.shape[:3], 1), np.float32)
 
-    pipeline = Pipeline(classifier, segmenter, classifier_size=32, segmenter_size=32, tumor_threshold=0.5)
+    pipeline = Pipeline((Member(classifier, 32),), (Member(segmenter, 32),), Settings(tumor_threshold=0.5))
     res = evaluate.run_pipeline(pipeline, data.read_manifest(manifest))
     assert len(res) == 3 and "dark.png" not in " ".join(res["image_file"])
     summary = evaluate.refused_summary(res)

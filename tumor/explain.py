@@ -1,24 +1,58 @@
 """Grad-CAM heat maps for the classifier (Selvaraju et al., 2017).
 
-Runs on the TensorFlow backend, with ``tf.GradientTape``.
+Runs on the TensorFlow backend, with ``tf.GradientTape``. The only part of
+the app that needs Keras: importing this module is cheap, and Keras and
+TensorFlow are imported when a heat map is first asked for.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
+from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
+
+from tumor.errors import WeightsError
 
 DEFAULT_LAYER = "conv5_block3_out"
 
 # One gradient model per (classifier, layer), dropped with the classifier.
 _GRAD_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The Keras classifiers Grad-CAM explains, built once per process: (folder, name, sha256) -> model.
+_CLASSIFIERS: dict[tuple[str, str, str], object] = {}
+_LOCK = threading.Lock()
+
+
+def keras_classifier(weights_dir: str | Path, name: str, sha256: str):
+    """The Keras form of the classifier ``name`` of a weights folder, built once per process.
+
+    Thread-safe: concurrent first calls build it once. The file is verified
+    against its pinned hash, and the hash must be ``sha256``, the one the
+    compiled network was built from.
+
+    Raises:
+        WeightsError: the entry is missing, or its file changed since the
+            compiled network was loaded, or it does not load.
+    """
+    from tumor import weights as weights_lib
+
+    key = (str(Path(weights_dir).resolve()), name, sha256)
+    with _LOCK:
+        if key not in _CLASSIFIERS:
+            entry = weights_lib.read_registry(weights_dir).models.get(name)
+            if entry is None or entry.kind != "classifier" or entry.sha256 != sha256:
+                raise WeightsError(
+                    f"The classifier {name!r} in {weights_dir} is not the one the app loaded (expected sha256 "
+                    f"{sha256[:12]}…). The weights changed while the app ran; restart it."
+                )
+            _CLASSIFIERS[key] = weights_lib.load_model(entry)
+        return _CLASSIFIERS[key]
 
 
 def grad_cam(
-    classifier: keras.Model,
+    classifier,
     x: np.ndarray,
     class_index: int | None = None,
     layer_name: str = DEFAULT_LAYER,
@@ -26,10 +60,10 @@ def grad_cam(
     """Computes the Grad-CAM map of one preprocessed slice.
 
     Args:
-        classifier: a Keras model mapping (N, S, S, 3) to class
+        classifier: a ``keras.Model`` mapping (N, S, S, 3) to class
             probabilities (N, C), with a convolutional layer ``layer_name``.
         x: float32 (1, S, S, 3), already preprocessed (e.g. by
-            ``tumor.models.preprocess_classifier``).
+            ``tumor.preprocess.scale_intensity``).
         class_index: class to explain; None explains the top class.
         layer_name: the convolutional layer whose activations are weighted.
 
@@ -37,6 +71,7 @@ def grad_cam(
         float32 (S, S) in [0, 1], finite; all zeros when no location raises
         the class score. Bilinearly upsampled from the layer's resolution.
     """
+    import keras
     import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
@@ -66,15 +101,18 @@ def grad_cam(
     return np.clip(heat, 0.0, 1.0).astype(np.float32)
 
 
-def _grad_model(classifier: keras.Model, layer_name: str) -> keras.Model:
-    per_model = _GRAD_MODELS.setdefault(classifier, {})
-    if layer_name not in per_model:
-        try:
-            layer = classifier.get_layer(layer_name)
-        except ValueError as err:
-            raise ValueError(f"The classifier has no layer named {layer_name!r}.") from err
-        per_model[layer_name] = keras.Model(classifier.inputs, [layer.output, classifier.output])
-    return per_model[layer_name]
+def _grad_model(classifier, layer_name: str):
+    import keras
+
+    with _LOCK:
+        per_model = _GRAD_MODELS.setdefault(classifier, {})
+        if layer_name not in per_model:
+            try:
+                layer = classifier.get_layer(layer_name)
+            except ValueError as err:
+                raise ValueError(f"The classifier has no layer named {layer_name!r}.") from err
+            per_model[layer_name] = keras.Model(classifier.inputs, [layer.output, classifier.output])
+        return per_model[layer_name]
 
 
-__all__ = ["DEFAULT_LAYER", "grad_cam"]
+__all__ = ["DEFAULT_LAYER", "grad_cam", "keras_classifier"]

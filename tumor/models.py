@@ -1,97 +1,37 @@
-"""Model builders and the preprocessing that feeds them.
+"""Model builders and the Keras form of the preprocessing that feeds them.
 
 Both models take RGB slices resized (with padding to a square) to
-``INPUT_SIZE`` pixels. Training and inference share ``to_model_square`` and
-the per-model ``preprocess_*`` functions defined here, so a slice is prepared
-identically in both.
+``INPUT_SIZE`` pixels. Training and the export of the compiled networks
+(``tumor.runtime``) share ``to_model_square`` and the per-model
+``preprocess_*`` functions, so a slice is prepared identically in both. The
+app never imports this module: it imports Keras (``tumor.preprocess`` holds
+the Keras-free half).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import cv2
 import keras
-import numpy as np
 from keras import layers
 
-# Constants shared by training, evaluation and the app.
-CLASS_NAMES: tuple[str, ...] = ("no_tumor", "glioma", "meningioma", "pituitary")
-TUMOR_TYPES: tuple[str, ...] = CLASS_NAMES[1:]
-INPUT_SIZE = 256
+# The constants and the square framing live in ``tumor.preprocess``, which the
+# prediction path imports without Keras; they are re-exported here for training.
+from tumor.preprocess import (
+    CLASS_NAMES,
+    FOREGROUND_LEVEL,
+    FOREGROUND_MIN_FRACTION,
+    FOREGROUND_MIN_MEAN,
+    FOREGROUND_TARGET,
+    INPUT_SIZE,
+    INTENSITY_MODES,
+    STANDARDIZED_MAX,
+    TUMOR_TYPES,
+    SquareFrame,
+    from_model_square,
+    to_model_square,
+)
+
 SEGMENTER_BASE_FILTERS = 16
 SEGMENTER_DEPTH = 4
-
-
-@dataclass(frozen=True)
-class SquareFrame:
-    """How an image of shape (height, width) was padded into a square.
-
-    Attributes:
-        height: original image height in pixels.
-        width: original image width in pixels.
-        top: rows of padding added above the image.
-        left: columns of padding added to its left.
-        side: side of the padded square, ``max(height, width)``.
-    """
-
-    height: int
-    width: int
-    top: int
-    left: int
-    side: int
-
-
-def to_model_square(rgb: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, SquareFrame]:
-    """Pads an RGB image to a square with black borders and resizes it.
-
-    Args:
-        rgb: uint8 array of shape (H, W, 3).
-        size: side of the output square in pixels.
-
-    Returns:
-        The (size, size, 3) uint8 image and the frame needed to map a
-        prediction back onto the original pixels with ``from_model_square``.
-    """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(
-            f"Expected an RGB uint8 image of shape (H, W, 3). Received: shape={rgb.shape}, dtype={rgb.dtype}"
-        )
-    h, w = rgb.shape[:2]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    square = cv2.copyMakeBorder(rgb, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
-    if side != size:
-        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-        square = cv2.resize(square, (size, size), interpolation=interp)
-    return square, SquareFrame(h, w, top, left, side)
-
-
-def from_model_square(values: np.ndarray, frame: SquareFrame) -> np.ndarray:
-    """Maps a (size, size) map from the model square back to the original image.
-
-    Args:
-        values: float array of shape (size, size), e.g. a probability map.
-        frame: the frame returned by ``to_model_square`` for this image.
-
-    Returns:
-        A float32 array of shape (frame.height, frame.width).
-    """
-    full = cv2.resize(values.astype(np.float32), (frame.side, frame.side), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(full[frame.top : frame.top + frame.height, frame.left : frame.left + frame.width])
-
-
-# Intensity scaling of the model input. "unit" is x / 255 (models up to 1.2);
-# "foreground_mean" then rescales each channel so that its mean over the
-# slice's foreground is FOREGROUND_TARGET: MRI intensities have no absolute
-# scale, and the LGG patients whose slices were darker than most were the
-# ones the 1.2 models missed (see MODEL_CARD.md).
-INTENSITY_MODES: tuple[str, ...] = ("unit", "foreground_mean")
-FOREGROUND_LEVEL = 10 / 255  # a pixel is foreground when its brightest channel exceeds this
-FOREGROUND_MIN_FRACTION = 0.01  # below this foreground share, a slice is left at unit scale
-FOREGROUND_TARGET = 0.25
-FOREGROUND_MIN_MEAN = 0.02  # caps the gain at FOREGROUND_TARGET / FOREGROUND_MIN_MEAN
-STANDARDIZED_MAX = 5.0
 
 
 def standardize_intensity(x):
@@ -220,3 +160,26 @@ def build_segmenter(
         x = _res_block(x, filters, name=f"dec{level}")
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name="res_unet_tumor_segmenter")
+
+
+__all__ = [
+    "CLASS_NAMES",
+    "FOREGROUND_LEVEL",
+    "FOREGROUND_MIN_FRACTION",
+    "FOREGROUND_MIN_MEAN",
+    "FOREGROUND_TARGET",
+    "INPUT_SIZE",
+    "INTENSITY_MODES",
+    "SEGMENTER_BASE_FILTERS",
+    "SEGMENTER_DEPTH",
+    "STANDARDIZED_MAX",
+    "TUMOR_TYPES",
+    "SquareFrame",
+    "build_classifier",
+    "build_segmenter",
+    "from_model_square",
+    "preprocess_classifier",
+    "preprocess_segmenter",
+    "standardize_intensity",
+    "to_model_square",
+]

@@ -4,12 +4,18 @@
 ``Analysis``. Everything the UI varies afterwards (mask threshold, contour or
 fill, opacity, measurements, reports) is derived from the ``Analysis`` without
 running a model again.
+
+The networks are the compiled ones of ``tumor.runtime`` (no TensorFlow on this
+path); each kind's members that share a compiled network run in one batched
+call, the slice and its mirror together. Grad-CAM alone needs Keras, and
+imports it when asked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +24,7 @@ import numpy as np
 
 from tumor import measure as measure_lib
 from tumor import overlay as overlay_lib
-from tumor.models import CLASS_NAMES, from_model_square, preprocess_classifier, preprocess_segmenter, to_model_square
+from tumor.preprocess import CLASS_NAMES, INTENSITY_MODES, from_model_square, scale_intensity, to_model_square
 
 # What each predicted class usually implies. Worded as a reading of the tumour
 # type, never as a diagnosis: the data carry no benign/malignant label.
@@ -202,174 +208,321 @@ class VolumeAnalysis:
     tumor_volume_ml: float
 
 
+# A network maps uint8 model squares (N, S, S, 3) to float (N, 4) class
+# probabilities (classifiers) or (N, S, S) tumour probabilities (segmenters;
+# (N, S, S, 1) is taken too). ``tumor.runtime.Network`` is one.
+Network = Callable[[np.ndarray], np.ndarray]
+ROUTES = ("all", "grey", "colour")  # which slices a segmenter sees (``tumor.weights.INPUT_ROUTES``)
+VOLUME_CHUNK = 8  # slices per batched call in ``analyze_volume``; the progress callback runs after each
+
+
 @dataclass(frozen=True)
 class Member:
-    """One network of an ensemble, with its own input side and scaling.
+    """One network of an ensemble: what it is called with, and where its weights came from.
+
+    Members that hold the same ``network`` object are one compiled group: one
+    call runs them all and returns their mean (``tumor.runtime`` builds the
+    shipped ensembles so). Members with networks of their own are called one
+    by one and averaged here.
 
     Attributes:
-        model: maps a preprocessed batch to the outputs of its kind.
+        network: the ``Network`` it runs in.
         size: its input side in pixels.
-        intensity: its input scaling, one of ``tumor.models.INTENSITY_MODES``.
-        inputs: which slices it sees (segmenters): "all", "grey" or "colour"
-            (``tumor.weights.INPUT_ROUTES``, ``is_grey``).
+        intensity: the input scaling its network applies
+            (``tumor.preprocess.INTENSITY_MODES``; Grad-CAM applies it too).
+        route: which slices it sees: "all", "grey" or "colour" (segmenters;
+            ``is_grey``). Classifiers see every slice.
+        name: its manifest name ("classifier_2"); empty for a stand-in.
+        sha256: the sha256 of the weights file it was built from.
     """
 
-    model: object
+    network: Network
     size: int
     intensity: str = "unit"
-    inputs: str = "all"
+    route: str = "all"
+    name: str = ""
+    sha256: str = ""
+
+    @classmethod
+    def from_entry(cls, entry, network: Network) -> Member:
+        """The member of a weights registry entry (``tumor.weights.ModelEntry``), run by ``network``."""
+        return cls(network, entry.input_size, entry.intensity, entry.inputs, entry.name, entry.sha256)
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES or self.route not in ROUTES or self.size < 8:
+            raise ValueError(
+                f"A member needs an intensity in {INTENSITY_MODES}, a route in {ROUTES} and a side of 8 px or more. "
+                f"Received: intensity={self.intensity!r}, route={self.route!r}, size={self.size}"
+            )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The pipeline's thresholds and options, chosen on validation and shipped in the manifest.
+
+    Attributes:
+        tumor_threshold: P(tumour) at or above which a slice is positive (and
+            the segmenter runs).
+        mask_threshold: default mask threshold.
+        min_component_fraction: mask components smaller than this fraction
+            of the slice are dropped.
+        flip_tta: average each network over the slice and its left-right mirror.
+        version: the model version shown with every result.
+    """
+
+    tumor_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    min_component_fraction: float = 0.0
+    flip_tta: bool = False
+    version: str = "unversioned"
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.tumor_threshold <= 1.0 and 0.0 <= self.mask_threshold <= 1.0):
+            raise ValueError(
+                f"Thresholds must be in [0, 1]. Received: tumor_threshold={self.tumor_threshold}, "
+                f"mask_threshold={self.mask_threshold}"
+            )
+        if not 0.0 <= self.min_component_fraction < 1.0:
+            raise ValueError(f"min_component_fraction must be in [0, 1). Received: {self.min_component_fraction}")
+
+
+def _calls(members: Sequence[Member]) -> list[tuple[Network, int, int]]:
+    """One (network, input side, number of members) per distinct network, in member order."""
+    calls: dict[int, list] = {}
+    for m in members:
+        if id(m.network) in calls:
+            calls[id(m.network)][2] += 1
+        else:
+            calls[id(m.network)] = [m.network, m.size, 1]
+    return [tuple(c) for c in calls.values()]
 
 
 class Pipeline:
-    """Classifier then segmenter, loaded once and shared (treat as immutable).
+    """Classifiers then segmenters, loaded once and shared by every session (treat as immutable).
+
+    Safe to call from many threads at once: it holds no per-call state, and
+    the compiled networks pool their infer requests.
 
     Args:
-        classifier: maps preprocessed (1, S, S, 3) to (1, 4) probabilities.
-        segmenter: maps preprocessed (1, S, S, 3) to (1, S, S, 1) probabilities.
-        classifier_size: input side of the classifier.
-        segmenter_size: input side of the segmenter.
-        tumor_threshold: P(tumour) at or above which the segmenter runs.
-        mask_threshold: default mask threshold.
-        version: model version shown with every result.
-        weights_sha256: ``kind -> sha256`` of the loaded weights.
+        classifiers: the classifier members; P(class) is their mean. Grad-CAM
+            explains the first.
+        segmenters: the segmenter members; a slice's tumour map is the mean of
+            those routed to its kind (``segmenters_for``).
+        settings: thresholds, flip averaging and version.
         metrics: the test metrics shipped with the weights, if any.
-        min_component_fraction: mask components smaller than this fraction of
-            the slice are dropped.
-        flip_tta: average each model over the slice and its left-right mirror
-            (one batched call of two), when validation showed it helps.
-        classifier_intensity: the classifier's input scaling, one of
-            ``tumor.models.INTENSITY_MODES``.
-        segmenter_intensity: the segmenter's input scaling.
-        extra_classifiers: further classifiers (``Member``); P(class) is the
-            mean over the classifier and these. Grad-CAM explains the first.
-        extra_segmenters: further segmenters; the probability map is the mean
-            over the segmenter and these, those routed to the slice's kind
-            (``Member.inputs``) only.
-        segmenter_inputs: which slices the first segmenter sees ("all",
-            "grey" or "colour").
+        weights_dir: the verified weights folder the members were built from;
+            Grad-CAM rebuilds the first classifier in Keras from it.
     """
 
     def __init__(
         self,
-        classifier,
-        segmenter,
+        classifiers: Sequence[Member],
+        segmenters: Sequence[Member],
+        settings: Settings | None = None,
         *,
-        classifier_size: int,
-        segmenter_size: int,
-        tumor_threshold: float = 0.5,
-        mask_threshold: float = 0.5,
-        version: str = "unversioned",
-        weights_sha256: dict[str, str] | None = None,
         metrics: dict | None = None,
-        flip_tta: bool = False,
-        min_component_fraction: float = 0.0,
-        classifier_intensity: str = "unit",
-        segmenter_intensity: str = "unit",
-        extra_classifiers: tuple[Member, ...] = (),
-        extra_segmenters: tuple[Member, ...] = (),
-        segmenter_inputs: str = "all",
+        weights_dir: str | Path | None = None,
     ):
-        self.classifier = classifier
-        # Every network of each kind, the first one first: what classify and segment average over.
-        self.classifiers = (Member(classifier, classifier_size, classifier_intensity), *extra_classifiers)
-        self.segmenters = (
-            Member(segmenter, segmenter_size, segmenter_intensity, segmenter_inputs),
-            *extra_segmenters,
-        )
-        self.classifier_intensity = classifier_intensity
-        self.segmenter_intensity = segmenter_intensity
-        self.flip_tta = flip_tta
-        self.segmenter = segmenter
-        self.classifier_size = classifier_size
-        self.segmenter_size = segmenter_size
-        self.tumor_threshold = tumor_threshold
-        self.mask_threshold = mask_threshold
-        self.min_component_fraction = min_component_fraction
-        self.version = version
-        self.weights_sha256 = dict(weights_sha256 or {})
+        self.classifiers = tuple(classifiers)
+        self.segmenters = tuple(segmenters)
+        if not self.classifiers or not self.segmenters:
+            raise ValueError(
+                f"A pipeline needs at least one classifier and one segmenter. "
+                f"Received: {len(self.classifiers)} classifiers, {len(self.segmenters)} segmenters"
+            )
+        if any(m.route != "all" for m in self.classifiers):
+            raise ValueError("Classifiers see every slice; a classifier member must have route 'all'.")
+        for members in (self.classifiers, self.segmenters):
+            shared: dict[int, Member] = {}
+            for m in members:
+                first = shared.setdefault(id(m.network), m)
+                if (first.size, first.route) != (m.size, m.route):
+                    raise ValueError(
+                        "Members that share a network must share its input side and route. "
+                        f"Received: {first.name or 'a member'} ({first.size} px, {first.route}) and "
+                        f"{m.name or 'a member'} ({m.size} px, {m.route})"
+                    )
+        self.settings = settings or Settings()
         self.metrics = metrics
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else None
 
     @classmethod
-    def from_weights_dir(cls, weights_dir: str | Path | None = None) -> Pipeline:
-        """Loads both models from a verified weights folder.
+    def from_weights_dir(
+        cls,
+        weights_dir: str | Path | None = None,
+        *,
+        precision: str | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> Pipeline:
+        """Loads the compiled networks of a verified weights folder.
+
+        Every weights file is checked against its pinned sha256 first. Each
+        group of members of one kind, route and input side is one compiled
+        network (``tumor.runtime``), built into the cache on first use.
+
+        Args:
+            weights_dir: the folder (default: the repository's ``weights/``).
+            precision: "auto", "f32" or "bf16" (``tumor.runtime.resolve_precision``).
+            cache_dir: the compiled networks' cache (default:
+                ``tumor.runtime.default_cache_dir()``).
 
         Raises:
-            WeightsError: a file is missing, tampered with or unreadable.
+            WeightsError: a file is missing, tampered with or unreadable, or the
+                compiled form cannot be built or does not match its record.
         """
+        from tumor import runtime
         from tumor import weights as weights_lib
 
         weights_dir = Path(weights_dir or weights_lib.DEFAULT_WEIGHTS_DIR)
         registry = weights_lib.read_registry(weights_dir)
-        for entry in registry.models.values():  # every file, before the slow model builds
+        for entry in registry.models.values():  # every file, before anything is built or compiled
             weights_lib.verify(entry)
-        classifier = weights_lib.load_model(registry.models["classifier"], verified=True)
-        segmenter = weights_lib.load_model(registry.models["segmenter"], verified=True)
+        groups: dict[tuple, list] = {}
+        for entry in registry.models.values():
+            groups.setdefault((entry.kind, entry.inputs, entry.input_size), []).append(entry)
+        networks = runtime.load_networks(
+            list(groups.values()), cache_dir=cache_dir, precision=precision, allowed=registry.precisions
+        )
+        network_of = {key: net for key, net in zip(groups, networks, strict=True)}
 
-        def extras(kind: str) -> tuple[Member, ...]:
-            members = registry.members(kind)[1:]
+        def members(kind: str) -> tuple[Member, ...]:
             return tuple(
-                Member(weights_lib.load_model(e, verified=True), e.input_size, e.intensity, e.inputs) for e in members
+                Member.from_entry(e, network_of[(e.kind, e.inputs, e.input_size)]) for e in registry.members(kind)
             )
 
-        return cls(
-            classifier,
-            segmenter,
-            classifier_size=registry.models["classifier"].input_size,
-            segmenter_size=registry.models["segmenter"].input_size,
+        settings = Settings(
             tumor_threshold=registry.tumor_threshold,
             mask_threshold=registry.mask_threshold,
-            version=registry.version,
-            weights_sha256={k: m.sha256 for k, m in registry.models.items()},
-            metrics=weights_lib.read_metrics(weights_dir),
-            flip_tta=registry.flip_tta,
             min_component_fraction=registry.min_component_fraction,
-            classifier_intensity=registry.models["classifier"].intensity,
-            segmenter_intensity=registry.models["segmenter"].intensity,
-            extra_classifiers=extras("classifier"),
-            extra_segmenters=extras("segmenter"),
-            segmenter_inputs=registry.models["segmenter"].inputs,
+            flip_tta=registry.flip_tta,
+            version=registry.version,
+        )
+        return cls(
+            members("classifier"),
+            members("segmenter"),
+            settings,
+            metrics=weights_lib.read_metrics(weights_dir),
+            weights_dir=weights_dir,
         )
 
-    def classify(self, rgb: np.ndarray) -> np.ndarray:
-        """Class probabilities (4,) for one RGB uint8 slice: the mean over the classifiers."""
-        outputs = []
-        for m in self.classifiers:
-            square, _ = to_model_square(rgb, m.size)
-            batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
-            outputs.append(np.asarray(m.model(preprocess_classifier(batch, m.intensity), training=False), np.float64))
-        probs = np.concatenate(outputs).mean(axis=0)
-        if probs.shape != (len(CLASS_NAMES),) or not np.all(np.isfinite(probs)):
-            raise RuntimeError(f"The classifier returned an invalid output. Received: {probs!r}")
-        return probs
+    def with_settings(self, **changes) -> Pipeline:
+        """The same networks under other settings (``Settings`` fields), e.g. ``tumor_threshold=0.0``."""
+        return Pipeline(
+            self.classifiers,
+            self.segmenters,
+            dataclasses.replace(self.settings, **changes),
+            metrics=self.metrics,
+            weights_dir=self.weights_dir,
+        )
+
+    # The settings, read through: the pipeline holds each of them once.
+    @property
+    def tumor_threshold(self) -> float:
+        """P(tumour) at or above which a slice is positive."""
+        return self.settings.tumor_threshold
+
+    @property
+    def mask_threshold(self) -> float:
+        """The default mask threshold."""
+        return self.settings.mask_threshold
+
+    @property
+    def min_component_fraction(self) -> float:
+        """Mask components smaller than this fraction of the slice are dropped."""
+        return self.settings.min_component_fraction
+
+    @property
+    def flip_tta(self) -> bool:
+        """Whether each network is averaged over the slice and its mirror."""
+        return self.settings.flip_tta
+
+    @property
+    def version(self) -> str:
+        """The model version shown with every result."""
+        return self.settings.version
+
+    @property
+    def weights_sha256(self) -> dict[str, str]:
+        """``name -> sha256`` of every member's weights."""
+        return {m.name: m.sha256 for m in (*self.classifiers, *self.segmenters) if m.name}
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        """The distinct networks the members run in."""
+        unique = {id(m.network): m.network for m in (*self.classifiers, *self.segmenters)}
+        return tuple(unique.values())
 
     @property
     def routes_segmenters(self) -> bool:
         """Whether some segmenter sees only greyscale or only colour slices."""
-        return any(m.inputs != "all" for m in self.segmenters)
+        return any(m.route != "all" for m in self.segmenters)
 
     def segmenters_for(self, route: str) -> tuple[Member, ...]:
         """The segmenters routed to a slice of this kind ("grey" or "colour"): those for every slice and its kind's."""
-        members = tuple(m for m in self.segmenters if m.inputs in ("all", route))
+        members = tuple(m for m in self.segmenters if m.route in ("all", route))
         if not members:
             raise RuntimeError(f"No segmenter is routed to {route} slices; the weights manifest must give one.")
         return members
 
-    def segment(self, rgb: np.ndarray, route: str | None = None) -> np.ndarray:
-        """Tumour probability map (H, W) float32 for one RGB uint8 slice: the mean over its segmenters.
+    def _run(self, network: Network, squares: np.ndarray, *, spatial: bool) -> np.ndarray:
+        """One call of ``network`` on the squares (and, with flip averaging, their mirrors in the same batch)."""
+        n = len(squares)
+        batch = np.concatenate([squares, squares[:, :, ::-1]]) if self.flip_tta else squares
+        out = np.asarray(network(batch), np.float32)
+        if spatial and out.ndim == 4 and out.shape[-1] == 1:
+            out = out[..., 0]
+        expected = (len(batch), *squares.shape[1:3]) if spatial else (len(batch), len(CLASS_NAMES))
+        if out.shape != expected:
+            kind = "segmenter" if spatial else "classifier"
+            raise RuntimeError(f"A {kind} returned shape {out.shape}, not {expected}.")
+        if not self.flip_tta:
+            return out
+        return (out[:n] + (out[n:, :, ::-1] if spatial else out[n:])) / 2
 
-        The segmenters are those routed to the slice (``segmenters_for``): all of
+    def classify_batch(self, rgbs: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, 4) float64 for RGB uint8 slices: the mean over the classifiers."""
+        total, weight = np.zeros((len(rgbs), len(CLASS_NAMES))), 0
+        squares: dict[int, np.ndarray] = {}
+        for network, size, count in _calls(self.classifiers):
+            if size not in squares:
+                squares[size] = np.stack([to_model_square(rgb, size)[0] for rgb in rgbs])
+            total += count * self._run(network, squares[size], spatial=False).astype(np.float64)
+            weight += count
+        probs = total / weight
+        if not np.all(np.isfinite(probs)):
+            raise RuntimeError(f"The classifier returned an invalid output. Received: {probs!r}")
+        return probs
+
+    def classify(self, rgb: np.ndarray) -> np.ndarray:
+        """Class probabilities (4,) for one RGB uint8 slice: the mean over the classifiers."""
+        return self.classify_batch([rgb])[0]
+
+    def segment_batch(self, rgbs: Sequence[np.ndarray], routes: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Tumour probability maps (H, W) float32 for RGB uint8 slices, each the mean over its segmenters.
+
+        A slice's segmenters are those routed to it (``segmenters_for``): all of
         them unless the manifest routes some to greyscale or colour slices only.
-        ``route`` is the slice's kind when the caller has already worked it out.
+        ``routes`` gives each slice's kind when the caller has worked it out.
         """
-        route = route or ("grey" if is_grey(rgb) else "colour")
-        maps = []
-        for m in self.segmenters_for(route):
-            square, frame = to_model_square(rgb, m.size)
-            batch = np.stack([square, square[:, ::-1]]) if self.flip_tta else square[None]
-            pred = np.asarray(m.model(preprocess_segmenter(batch, m.intensity), training=False), np.float32)[..., 0]
-            pred = (pred[0] + pred[1, :, ::-1]) / 2 if self.flip_tta else pred[0]
-            maps.append(from_model_square(pred, frame))
-        return np.clip(np.mean(maps, axis=0), 0.0, 1.0).astype(np.float32)
+        routes = list(routes) if routes is not None else [("grey" if is_grey(r) else "colour") for r in rgbs]
+        maps: list[np.ndarray | None] = [None] * len(rgbs)
+        for route in dict.fromkeys(routes):
+            index = [i for i, r in enumerate(routes) if r == route]
+            acc = [np.zeros(rgbs[i].shape[:2], np.float32) for i in index]
+            weight = 0
+            for network, size, count in _calls(self.segmenters_for(route)):
+                squared = [to_model_square(rgbs[i], size) for i in index]
+                out = self._run(network, np.stack([sq for sq, _ in squared]), spatial=True)
+                for j, (_, frame) in enumerate(squared):
+                    acc[j] += count * from_model_square(out[j], frame)
+                weight += count
+            for j, i in enumerate(index):
+                maps[i] = np.clip(acc[j] / weight, 0.0, 1.0).astype(np.float32)
+        return maps
+
+    def segment(self, rgb: np.ndarray, route: str | None = None) -> np.ndarray:
+        """Tumour probability map (H, W) float32 for one RGB uint8 slice (``segment_batch``)."""
+        return self.segment_batch([rgb], None if route is None else [route])[0]
 
     def analyze(
         self,
@@ -390,55 +543,84 @@ class Pipeline:
             The ``Analysis``. The segmenter runs only when P(tumour) reaches
             ``tumor_threshold``.
         """
-        rgb = getattr(image, "rgb", image)
-        spacing_mm = spacing_mm or getattr(image, "pixel_spacing_mm", None)
-        orientation = orientation or getattr(image, "orientation", None)
-        rgb = np.asarray(rgb)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
-            raise ValueError(
-                "Expected an RGB uint8 slice of shape (H, W, 3), at least 8x8. "
-                f"Received: shape={rgb.shape}, dtype={rgb.dtype}"
+        return self._analyze([image], [spacing_mm], [orientation])[0]
+
+    def analyze_batch(self, images: Sequence) -> list[Analysis]:
+        """``analyze`` on several slices (RGB arrays or ``tumor.io.Scan``), each network called once per batch."""
+        return self._analyze(list(images), [None] * len(images), [None] * len(images))
+
+    def _analyze(self, images: list, spacings: list, orientations: list) -> list[Analysis]:
+        rgbs = []
+        for k, image in enumerate(images):
+            spacings[k] = spacings[k] or getattr(image, "pixel_spacing_mm", None)
+            orientations[k] = orientations[k] or getattr(image, "orientation", None)
+            rgb = np.asarray(getattr(image, "rgb", image))
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
+                raise ValueError(
+                    "Expected an RGB uint8 slice of shape (H, W, 3), at least 8x8. "
+                    f"Received: shape={rgb.shape}, dtype={rgb.dtype}"
+                )
+            rgbs.append(rgb)
+        if not rgbs:
+            return []
+        probs = self.classify_batch(rgbs)
+        detected = [float(1.0 - p[0]) >= self.tumor_threshold for p in probs]
+        positive = [k for k, d in enumerate(detected) if d]
+        routes = {k: "grey" if is_grey(rgbs[k]) else "colour" for k in positive}
+        maps = self.segment_batch([rgbs[k] for k in positive], [routes[k] for k in positive])
+        maps = dict(zip(positive, maps, strict=True))
+        hashes = self.weights_sha256
+        out = []
+        for k, rgb in enumerate(rgbs):
+            tumor_type = CLASS_NAMES[1 + int(np.argmax(probs[k][1:]))] if detected[k] else None
+            predicted = tumor_type or "no_tumor"
+            image_ro = rgb.copy()
+            image_ro.setflags(write=False)
+            prob_map = maps.get(k)
+            if prob_map is not None:
+                prob_map.setflags(write=False)
+            out.append(
+                Analysis(
+                    image=image_ro,
+                    probabilities={name: float(p) for name, p in zip(CLASS_NAMES, probs[k], strict=True)},
+                    p_tumor=float(1.0 - probs[k][0]),
+                    tumor_threshold=self.tumor_threshold,
+                    tumor_detected=detected[k],
+                    predicted_class=predicted,
+                    tumor_type=tumor_type,
+                    behaviour=BEHAVIOUR[predicted],
+                    prob_map=prob_map,
+                    default_mask_threshold=self.mask_threshold,
+                    min_component_fraction=self.min_component_fraction,
+                    pixel_spacing_mm=spacings[k],
+                    orientation=orientations[k],
+                    model_version=self.version,
+                    weights_sha256=hashes,
+                    segmenter_route=routes.get(k) if self.routes_segmenters else None,
+                )
             )
-        probs = self.classify(rgb)
-        p_tumor = float(1.0 - probs[0])
-        detected = p_tumor >= self.tumor_threshold
-        tumor_type = CLASS_NAMES[1 + int(np.argmax(probs[1:]))] if detected else None
-        predicted = tumor_type or "no_tumor"
-        route = ("grey" if is_grey(rgb) else "colour") if detected else None
-        prob_map = self.segment(rgb, route) if detected else None
-        image_ro = rgb.copy()
-        image_ro.setflags(write=False)
-        if prob_map is not None:
-            prob_map.setflags(write=False)
-        return Analysis(
-            image=image_ro,
-            probabilities={name: float(p) for name, p in zip(CLASS_NAMES, probs, strict=True)},
-            p_tumor=p_tumor,
-            tumor_threshold=self.tumor_threshold,
-            tumor_detected=detected,
-            predicted_class=predicted,
-            tumor_type=tumor_type,
-            behaviour=BEHAVIOUR[predicted],
-            prob_map=prob_map,
-            default_mask_threshold=self.mask_threshold,
-            min_component_fraction=self.min_component_fraction,
-            pixel_spacing_mm=spacing_mm,
-            orientation=orientation,
-            model_version=self.version,
-            weights_sha256=self.weights_sha256,
-            segmenter_route=route if self.routes_segmenters else None,
-        )
+        return out
 
     def grad_cam(self, analysis: Analysis) -> np.ndarray:
         """Grad-CAM of the predicted class at the slice's resolution, float32 in [0, 1].
 
-        Costly (a gradient pass): call on demand only.
-        """
-        from tumor.explain import grad_cam
+        Explains the first classifier, rebuilt in Keras from its verified
+        weights on the first call (``tumor.explain.keras_classifier``; this
+        imports TensorFlow). Costly (a gradient pass): call on demand only.
 
-        square, frame = to_model_square(np.asarray(analysis.image), self.classifier_size)
-        x = np.asarray(preprocess_classifier(square[None], self.classifier_intensity), dtype=np.float32)
-        heat = grad_cam(self.classifier, x, CLASS_NAMES.index(analysis.predicted_class))
+        Raises:
+            RuntimeError: the pipeline was not loaded from a weights folder.
+            WeightsError: the weights file no longer matches the loaded network.
+        """
+        from tumor import explain
+
+        first = self.classifiers[0]
+        if self.weights_dir is None or not first.name:
+            raise RuntimeError("Grad-CAM needs the first classifier's weights; this pipeline was not loaded from them.")
+        model = explain.keras_classifier(self.weights_dir, first.name, first.sha256)
+        square, frame = to_model_square(np.asarray(analysis.image), first.size)
+        x = scale_intensity(square[None], first.intensity)
+        heat = explain.grad_cam(model, x, CLASS_NAMES.index(analysis.predicted_class))
         return np.clip(from_model_square(heat, frame), 0.0, 1.0)
 
     def analyze_volume(
@@ -447,22 +629,22 @@ class Pipeline:
         plane: str = "axial",
         progress: Callable[[int, int], None] | None = None,
     ) -> VolumeAnalysis:
-        """Runs the cascade on every slice of a ``tumor.io.Volume``.
+        """Runs the cascade on every slice of a ``tumor.io.Volume``, in batches of ``VOLUME_CHUNK`` slices.
 
         Args:
             volume: the NIfTI volume.
             plane: slicing plane.
-            progress: called with (slices done, total) after each slice.
+            progress: called with (slices done, total) after each batch.
         """
         n = volume.n_slices(plane)
         p_tumor, areas = [], []
-        for i in range(n):
-            scan = volume.slice(i, plane=plane)
-            a = self.analyze(scan)
-            p_tumor.append(a.p_tumor)
-            areas.append(int(a.mask().sum()))
+        for start in range(0, n, VOLUME_CHUNK):
+            scans = [volume.slice(i, plane=plane) for i in range(start, min(n, start + VOLUME_CHUNK))]
+            for a in self.analyze_batch(scans):
+                p_tumor.append(a.p_tumor)
+                areas.append(int(a.mask().sum()))
             if progress is not None:
-                progress(i + 1, n)
+                progress(len(p_tumor), n)
         largest = int(np.argmax(areas)) if any(areas) else None
         return VolumeAnalysis(
             plane=plane,

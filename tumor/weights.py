@@ -1,19 +1,21 @@
 """The weights registry: which files, their sha256, version and settings.
 
 ``weights/manifest.json`` pins every weights file by hash. Loading verifies
-the hash before Keras ever opens the file; a missing or altered file raises
-``WeightsError`` and nothing falls back to random weights.
+the hash before Keras (or the export into the compiled runtime,
+``tumor.runtime``) ever opens the file; a missing or altered file raises
+``WeightsError`` and nothing falls back to random weights. This module never
+imports Keras itself: ``load_model`` does, when called.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tumor.errors import WeightsError
-from tumor.models import CLASS_NAMES, INTENSITY_MODES
+from tumor.preprocess import CLASS_NAMES, INTENSITY_MODES
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST_NAME = "manifest.json"
@@ -23,6 +25,11 @@ MODEL_KINDS = ("classifier", "segmenter")
 # channels agree: T1-CE and most uploads) or colour ones only (the LGG
 # pre-contrast/FLAIR/post-contrast composites). See ``tumor.pipeline.is_grey``.
 INPUT_ROUTES = ("all", "grey", "colour")
+# Inference precisions of the compiled networks (``tumor.runtime``). f32 always
+# qualifies; a lower one only once validation showed it moves no headline figure
+# by more than 0.002 (MODEL_CARD.md), recorded per kind in the manifest's
+# ``inference_precisions``.
+PRECISIONS = ("f32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class ModelEntry:
         input_size: side of the square input the model was trained at.
         build_kwargs: keyword arguments for the model's builder.
         intensity: input intensity scaling the model was trained with, one of
-            ``tumor.models.INTENSITY_MODES`` ("unit" when the manifest is silent,
+            ``tumor.preprocess.INTENSITY_MODES`` ("unit" when the manifest is silent,
             as it is for models up to 1.2).
         inputs: which slices a segmenter sees, one of ``INPUT_ROUTES`` ("all"
             when the manifest is silent, as it is up to 1.7).
@@ -69,6 +76,8 @@ class Registry:
         flip_tta: whether the pipeline averages over a left-right mirror.
         min_component_fraction: mask components below this fraction of the
             slice are dropped (``thresholds.min_component_fraction``; 0 if absent).
+        precisions: ``kind -> precisions`` the compiled networks of that kind
+            may run in (``inference_precisions``; ``("f32",)`` if absent).
     """
 
     version: str
@@ -78,6 +87,7 @@ class Registry:
     models: dict[str, ModelEntry]
     flip_tta: bool = False
     min_component_fraction: float = 0.0
+    precisions: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def members(self, kind: str) -> list[ModelEntry]:
         """The models of ``kind`` whose outputs the pipeline averages, the one named ``kind`` first."""
@@ -133,6 +143,10 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
             models=models,
             flip_tta=bool(raw.get("flip_tta", False)),
             min_component_fraction=float(raw["thresholds"].get("min_component_fraction", 0.0)),
+            precisions={
+                kind: tuple(str(p) for p in raw.get("inference_precisions", {}).get(kind, ["f32"]))
+                for kind in MODEL_KINDS
+            },
         )
     except (KeyError, TypeError, ValueError) as err:
         raise WeightsError(
@@ -148,6 +162,12 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
             raise WeightsError(
                 f"{manifest} gives the {entry.kind} intensity scaling {entry.intensity!r}, but this code knows "
                 f"{INTENSITY_MODES}. The weights and the code are from different versions."
+            )
+    for kind, allowed in registry.precisions.items():
+        if "f32" not in allowed or not set(allowed) <= set(PRECISIONS):
+            raise WeightsError(
+                f"{manifest} gives the {kind} inference precisions {list(allowed)}; they must include 'f32' "
+                f"and be among {PRECISIONS}. Restore the manifest from the repository."
             )
     _check_routes(registry, manifest)
     if registry.class_names != CLASS_NAMES:

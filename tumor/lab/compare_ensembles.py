@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tumor import runtime
 from tumor import weights as weights_lib
 from tumor.lab import data
 from tumor.lab.evaluate import (
@@ -60,8 +61,8 @@ from tumor.lab.evaluate import (
     run_pipeline,
     selection_score,
 )
-from tumor.models import CLASS_NAMES, TUMOR_TYPES
-from tumor.pipeline import Pipeline
+from tumor.pipeline import Member, Pipeline, Settings
+from tumor.preprocess import CLASS_NAMES, TUMOR_TYPES
 
 KINDS = ("classifier", "segmenter")
 
@@ -86,27 +87,38 @@ def _entry(
     )
 
 
-def _no_classifier(x, training=False):
+def _no_classifier(x):
     """A stand-in classifier for segmenter-only passes: uniform probabilities (never scored)."""
     return np.full((len(x), len(CLASS_NAMES)), 1.0 / len(CLASS_NAMES), np.float32)
 
 
-def _no_segmenter(x, training=False):
+def _no_segmenter(x):
     """A stand-in segmenter for classifier-only passes: an empty map (never scored)."""
-    return np.zeros((*np.shape(x)[:3], 1), np.float32)
+    return np.zeros(np.shape(x)[:3], np.float32)
 
 
 NO_SEGMENTER_SIZE = 32  # the stand-in's input side: small, so that it costs nothing
 
 
 def cache_name(
-    classifier: weights_lib.ModelEntry | None, segmenter: weights_lib.ModelEntry | None, *, tag: str, flip_tta: bool
+    classifier: weights_lib.ModelEntry | None,
+    segmenter: weights_lib.ModelEntry | None,
+    *,
+    tag: str,
+    flip_tta: bool,
+    precision: str = "f32",
 ) -> str:
-    """The file ``network_outputs`` caches this pair's rows in (either network may be None, not both)."""
+    """The file ``network_outputs`` caches this pair's rows in (either network may be None, not both).
+
+    f32 rows keep the names they had under Keras: the compiled f32 networks give
+    the same outputs to about 1e-6 (tests/test_runtime.py). Another precision
+    is named in the file.
+    """
     if classifier is None and segmenter is None:
         raise ValueError("network_outputs needs a classifier, a segmenter or both; received neither.")
-    clf_key = f"{classifier.sha256[:12]}s{classifier.input_size}" if classifier else "none"
-    seg_key = f"{segmenter.sha256[:12]}s{segmenter.input_size}" if segmenter else "none"
+    suffix = "" if precision == "f32" else f"-{precision}"
+    clf_key = f"{classifier.sha256[:12]}s{classifier.input_size}{suffix}" if classifier else "none"
+    seg_key = f"{segmenter.sha256[:12]}s{segmenter.input_size}{suffix}" if segmenter else "none"
     # "r3": names carry the input side; "r2" rows carry the ``grey`` flag. Older caches are not read.
     return f"{tag}_r3_tta{int(flip_tta)}_{clf_key}_{seg_key}.pkl"
 
@@ -120,8 +132,12 @@ def network_outputs(
     cache_dir: Path,
     tag: str,
     transform=None,
+    precision: str = "f32",
 ) -> pd.DataFrame:
     """``run_pipeline`` rows of a one-classifier, one-segmenter pipeline, every slice segmented; cached.
+
+    The networks are compiled by ``tumor.runtime`` in ``precision``, as the app
+    runs them.
 
     The cache file is named by both files' hashes and input sides, ``tag``
     (split, source and stress options) and the flip setting, so a changed file,
@@ -130,19 +146,19 @@ def network_outputs(
     are then a constant and must not be used. With ``segmenter`` None only the
     classifier runs: the rows' maps are then empty and must not be used.
     """
-    path = cache_dir / cache_name(classifier, segmenter, tag=tag, flip_tta=flip_tta)
+    path = cache_dir / cache_name(classifier, segmenter, tag=tag, flip_tta=flip_tta, precision=precision)
     if path.is_file():
         return pd.read_pickle(path)
-    pipeline = Pipeline(
-        weights_lib.load_model(classifier) if classifier else _no_classifier,
-        weights_lib.load_model(segmenter) if segmenter else _no_segmenter,
-        classifier_size=classifier.input_size if classifier else segmenter.input_size,
-        segmenter_size=segmenter.input_size if segmenter else NO_SEGMENTER_SIZE,
-        classifier_intensity=classifier.intensity if classifier else "unit",
-        segmenter_intensity=segmenter.intensity if segmenter else "unit",
-        tumor_threshold=0.0,  # segment every slice, so that any threshold can be applied afterwards
-        flip_tta=flip_tta,
-    )
+    entries = [e for e in (classifier, segmenter) if e is not None]
+    for entry in entries:
+        weights_lib.verify(entry)
+    nets = iter(runtime.load_networks([[e] for e in entries], precision=precision))
+    clf = Member.from_entry(classifier, next(nets)) if classifier else Member(_no_classifier, segmenter.input_size)
+    # Every slice, whatever the entry's route: ``combine`` routes the cached maps.
+    seg = Member(next(nets), segmenter.input_size, segmenter.intensity) if segmenter else None
+    seg = seg or Member(_no_segmenter, NO_SEGMENTER_SIZE)
+    # Every slice segmented (tumour threshold 0), so that any threshold can be applied afterwards.
+    pipeline = Pipeline((clf,), (seg,), Settings(tumor_threshold=0.0, flip_tta=flip_tta))
     t0 = time.monotonic()
     res = run_pipeline(pipeline, df, transform=transform)
     names = " + ".join(e.name if e else f"(no {k})" for e, k in ((classifier, "classifier"), (segmenter, "segmenter")))
@@ -407,6 +423,18 @@ def main(argv: list[str] | None = None) -> None:
         "greyscale rows and the FLAIR-only LGG rows (MODEL_CARD, fifth 1.9.0 rule; implies --flair-stress)",
     )
     parser.add_argument("--limit", type=int, default=0, help="only the first N rows, 0 = all (default: %(default)s)")
+    parser.add_argument(
+        "--flip-tta",
+        choices=["manifest", "on", "off"],
+        default="manifest",
+        help="flip averaging of every network: as the shipped manifest says, or on, or off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["f32", "bf16"],
+        default="f32",
+        help="precision of the compiled networks (tumor.runtime); bf16 needs a CPU with it (default: %(default)s)",
+    )
     parser.add_argument("--cache", default="runs/cache", help="cache folder for outputs (default: %(default)s)")
     parser.add_argument("--out", default="runs/compare_ensembles.json", help="JSON to write (default: %(default)s)")
     parser.add_argument(
@@ -435,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.limit:
         df = df.head(args.limit)
     cache = Path(args.cache)
+    flip_tta = {"manifest": registry.flip_tta, "on": True, "off": False}[args.flip_tta]
 
     def outputs(frame: pd.DataFrame, tag: str, transform=None) -> dict[str, dict[str, pd.DataFrame]]:
         """Per-network outputs: networks of the two kinds run side by side, in pairs, to halve the passes.
@@ -448,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
         out: dict[str, dict[str, pd.DataFrame]] = {"classifier": {}, "segmenter": {}}
 
         def cached(c, s) -> bool:
-            return (cache / cache_name(c, s, tag=tag, flip_tta=registry.flip_tta)).is_file()
+            return (cache / cache_name(c, s, tag=tag, flip_tta=flip_tta, precision=args.precision)).is_file()
 
         for i in range(max(len(clfs), len(segs))):
             c = clfs[i] if i < len(clfs) else None
@@ -458,7 +487,14 @@ def main(argv: list[str] | None = None) -> None:
                 paired = [(c, None), (None, s)]
             for pc, ps in paired:
                 res = network_outputs(
-                    pc, ps, frame, flip_tta=registry.flip_tta, cache_dir=cache, tag=tag, transform=transform
+                    pc,
+                    ps,
+                    frame,
+                    flip_tta=flip_tta,
+                    cache_dir=cache,
+                    tag=tag,
+                    transform=transform,
+                    precision=args.precision,
                 )
                 if pc is not None:
                     out["classifier"].setdefault(pc.name, res)
@@ -503,7 +539,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "split": args.split,
         "n_slices": len(next(iter(nets["classifier"].values()))),
-        "flip_tta": registry.flip_tta,
+        "flip_tta": flip_tta,
+        "precision": args.precision,
         "networks": {
             kind: {
                 n: {"path": str(e.path), "sha256": e.sha256, "input_size": e.input_size}
@@ -522,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.write_calibration:
         win = tied[0]
         res = pair_outputs(nets, win)
-        doc = calibration_record(res, win, entries, split=args.split, flip_tta=registry.flip_tta)
+        doc = calibration_record(res, win, entries, split=args.split, flip_tta=flip_tta)
         Path(args.write_calibration).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.write_calibration}: {json.dumps(doc['chosen'])}")
     print(json.dumps({k: result[k] for k in ("tied", "winner", "baseline_wins")} | {"notes": notes}, indent=2))

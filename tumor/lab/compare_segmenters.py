@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
-from tumor import metrics, models
+from tumor import metrics, runtime
+from tumor import weights as weights_lib
 from tumor.io import read_image
 from tumor.lab import data
+from tumor.lab.compare_ensembles import _no_classifier
 from tumor.lab.evaluate import read_mask
-from tumor.pipeline import Pipeline
+from tumor.pipeline import Member, Pipeline, Settings
 
 THRESHOLDS = (0.3, 0.4, 0.5)
 
@@ -37,9 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     pipes = {}
     for cand in args.candidates:
         path, size = cand.rsplit(":", 1)
-        net = models.build_segmenter(int(size))
-        net.load_weights(path)
-        pipes[cand] = Pipeline(None, net, classifier_size=int(size), segmenter_size=int(size), flip_tta=True)
+        entry = weights_lib.ModelEntry(
+            kind="segmenter", name="segmenter", path=Path(path), sha256=weights_lib.sha256_file(path),
+            input_size=int(size), build_kwargs={},
+        )  # fmt: skip
+        (net,) = runtime.load_networks([[entry]])  # compiled as the app runs it; unit intensity, as these were trained
+        stand_in = Member(_no_classifier, int(size))
+        pipes[cand] = Pipeline((stand_in,), (Member.from_entry(entry, net),), Settings(flip_tta=True))
     names = [*pipes, "mean of all"]
     dice = {name: {t: [] for t in THRESHOLDS} for name in names}
     sources = []

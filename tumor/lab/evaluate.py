@@ -1,9 +1,10 @@
 """Evaluation CLI: ``python -m tumor.lab.evaluate --manifest PATH [--split test|val|all] --out metrics.json``.
 
 Runs the shipped pipeline exactly as the app does (``Pipeline.analyze`` on
-each slice read by ``tumor.io``) over every row of a manifest, or over one
-split of it, and writes detection, type and segmentation metrics overall and
-per source. ``--calibrate`` instead picks the tumour and mask thresholds, the
+each slice read by ``tumor.io``, on the compiled networks of ``tumor.runtime``
+in the precision the app picks on this machine, or ``--precision``) over every
+row of a manifest, or over one split of it, and writes detection, type and
+segmentation metrics overall and per source. ``--calibrate`` instead picks the tumour and mask thresholds, the
 smallest kept mask component and flip averaging on the validation split, writes
 them into ``weights/manifest.json`` and the validation figures behind the
 choice into ``weights/calibration.json``. ``--flair-only`` is a stress test:
@@ -26,8 +27,8 @@ from tumor import metrics
 from tumor.errors import InputError
 from tumor.io import read_image
 from tumor.lab import data
-from tumor.models import CLASS_NAMES, TUMOR_TYPES
 from tumor.pipeline import Pipeline, is_grey, threshold_mask
+from tumor.preprocess import CLASS_NAMES, TUMOR_TYPES
 
 ROC_POINTS = 101  # points kept of the ROC curve, for plotting
 MASK_THRESHOLDS = np.round(np.arange(0.05, 0.81, 0.05), 2)
@@ -102,6 +103,16 @@ def run_pipeline(pipeline, df: pd.DataFrame, progress_every: int = 200, transfor
         out[key] = [r[key] for r in rows]
     out.attrs["refused"] = refused
     return out
+
+
+def runtime_record(pipeline) -> dict:
+    """What ran the networks: the engine and its version, and each kind's precision."""
+    from importlib import metadata
+
+    precisions = {}
+    for kind, members in (("classifier", pipeline.classifiers), ("segmenter", pipeline.segmenters)):
+        precisions[kind] = sorted({getattr(m.network, "precision", "stand-in") for m in members})
+    return {"engine": f"openvino {metadata.version('openvino')}", "precision": precisions}
 
 
 def refused_summary(res: pd.DataFrame) -> dict:
@@ -454,11 +465,11 @@ def _calibrate_cli(pipeline, df: pd.DataFrame, args: argparse.Namespace) -> None
     """Chooses thresholds and flip-TTA on ``df`` and writes them to the weights manifest."""
     from tumor import weights as weights_lib
 
-    pipeline.tumor_threshold = 0.0  # segment every slice so the mask threshold can be chosen
     candidates = {}
     for tta in {"both": (False, True), "on": (True,), "off": (False,)}[args.flip_tta]:
-        pipeline.flip_tta = tta
-        candidates[tta] = {"flip_tta": tta, **calibrated_report(run_pipeline(pipeline, df))}
+        # Every slice segmented (tumour threshold 0), so that the mask threshold can be chosen.
+        trial = pipeline.with_settings(tumor_threshold=0.0, flip_tta=tta)
+        candidates[tta] = {"flip_tta": tta, **calibrated_report(run_pipeline(trial, df))}
         print(json.dumps(candidates[tta]), flush=True)
     doc = calibration_document(args.split, list(candidates.values()))
     chosen = doc["chosen"]
@@ -511,6 +522,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="stress test: replace every slice by its middle (FLAIR) channel before analysis (default: off)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "f32", "bf16"],
+        default="auto",
+        help="precision of the compiled networks; 'auto' is what the app runs here (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.calibrate and args.flair_only:
         parser.error("--flair-only is a stress test; thresholds are chosen on the slices as they are")
@@ -525,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
         df = df[df["source"] == args.source]
     if args.limit:
         df = df.head(args.limit)
-    pipeline = Pipeline.from_weights_dir(args.weights)
+    pipeline = Pipeline.from_weights_dir(args.weights, precision=args.precision)
     t0 = time.monotonic()
     if args.calibrate:
         _calibrate_cli(pipeline, df, args)
@@ -542,6 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     result["split"] = args.split
     result["source"] = args.source or "all"
     result["flair_only"] = args.flair_only
+    result["runtime"] = runtime_record(pipeline)
     result["seconds"] = round(time.monotonic() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     headline = {
