@@ -88,7 +88,13 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+# Per-slice caches are shared by every session of the server, so they are bounded by count and age:
+# a slice of the upload budget's largest size (50 MP) weighs about 150 MB as RGB.
+SLICE_CACHE_ENTRIES = 16
+CACHE_TTL_S = 3600
+
+
+@st.cache_resource(max_entries=SLICE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def read_scan_cached(
     key: str,
     _data: bytes,
@@ -96,13 +102,13 @@ def read_scan_cached(
     frame: int | None,
     window: tuple[float, float] | None,
 ):
-    """tumor.io.read_scan, cached by the bytes' digest ``key``."""
+    """tumor.io.read_scan, cached by the bytes' digest ``key`` (the Scan is read-only, so it is shared, not copied)."""
     from tumor.io import read_scan
 
     return read_scan(_data, name=name, frame=frame, window=window)
 
 
-@st.cache_resource(max_entries=2, show_spinner="Reading the volume…")
+@st.cache_resource(max_entries=2, ttl=CACHE_TTL_S, show_spinner="Reading the volume…")
 def read_volume_cached(key: str, _data: bytes, name: str | None):
     """tumor.io.read_volume, cached by digest; the Volume is read-only."""
     from tumor.io import read_volume
@@ -110,7 +116,7 @@ def read_volume_cached(key: str, _data: bytes, name: str | None):
     return read_volume(_data, name=name)
 
 
-@st.cache_resource(max_entries=64, show_spinner="Analysing the slice…")
+@st.cache_resource(max_entries=SLICE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner="Analysing the slice…")
 def analyze_cached(key: str, _pipeline, _scan):
     """Runs both models once per distinct slice (``key`` names the slice).
 
@@ -122,7 +128,7 @@ def analyze_cached(key: str, _pipeline, _scan):
     return _pipeline.analyze(_scan)
 
 
-@st.cache_resource(max_entries=32, show_spinner="Computing Grad-CAM…")
+@st.cache_resource(max_entries=SLICE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner="Computing Grad-CAM…")
 def grad_cam_cached(key: str, _pipeline, _analysis) -> np.ndarray:
     """Grad-CAM of an analysed slice, computed once on demand (read-only array)."""
     heat = _pipeline.grad_cam(_analysis)
