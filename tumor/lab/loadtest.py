@@ -1,0 +1,231 @@
+"""Load test: ``python -m tumor.lab.loadtest [--sessions 20] [--rounds 2]``.
+
+Starts ``streamlit run app.py`` on a free loopback port and drives it with N
+concurrent browser sessions (Playwright on Debian's Chromium, one context per
+session). Each session opens the Analyze page, and all of them upload at once a
+slice of their own (a gallery tumour slice with one pixel changed, so that no
+two sessions share the app's per-slice cache) and wait for the verdict. A
+second round does the same with fresh sessions and fresh slices.
+
+Prints, per round, how many sessions got their verdict and the median, 90th
+percentile and longest wait from upload to verdict, and the server's resident
+memory (its process and any children): before the first session, after one
+warm-up session (the models loaded), after each round, and the peak sampled
+every 0.2 s. The machine's load average is printed with each round. Nothing is
+asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-quic"]
+VERDICT = re.compile(r"(No tumour|Tumour) detected")
+STARTUP_S = 300  # server start; the first load may build the compiled networks
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children, MiB."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+class _Peak(threading.Thread):
+    """Samples a process's RSS every ``interval`` seconds and keeps the largest."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.peak = max(self.peak, _rss_mib(self.pid))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> float:
+        self._halt.set()
+        self.join()
+        return self.peak
+
+
+@contextlib.contextmanager
+def streamlit_server():
+    """A fresh ``streamlit run app.py``; yields (url, pid)."""
+    port = _free_port()
+    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true"]
+    cmd += ["--server.address", "127.0.0.1", "--server.port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start: {proc.stderr.read()[-2000:]!r}")
+            time.sleep(0.5)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def tumour_slices() -> list[np.ndarray]:
+    """The gallery's tumour slices, RGB uint8."""
+    with (ROOT / "gallery" / "index.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] != "no_tumor"]
+    return [np.asarray(Image.open(ROOT / "gallery" / r["image"]).convert("RGB")) for r in rows]
+
+
+def unique_png(slices: list[np.ndarray], k: int) -> bytes:
+    """Slice ``k`` of the cycle with one corner pixel set to ``k``'s own value: a slice no other session sends."""
+    img = slices[k % len(slices)].copy()
+    img[0, 0] = (k % 251, (k // 251) % 251, 7)
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def _session(browser, url: str, data: bytes, name: str, gate: dict, timeout_ms: int) -> float | None:
+    """One session: open the page, wait until every session has, upload, and return seconds to the verdict."""
+    context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    counted = False
+
+    def arrive() -> None:  # this session is ready, or out: either way the others need not wait for it
+        gate["ready"] += 1
+        if gate["ready"] == gate["n"]:
+            gate["start"].set()
+
+    try:
+        page = await context.new_page()
+        await page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
+        upload = page.locator("input[type=file]").first
+        await upload.wait_for(state="attached", timeout=timeout_ms)
+        counted = True
+        arrive()
+        await gate["start"].wait()
+        t0 = time.perf_counter()
+        await upload.set_input_files(files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+        await page.get_by_text(VERDICT).first.wait_for(timeout=timeout_ms)
+        return time.perf_counter() - t0
+    except Exception as err:  # a session that fails is counted, not fatal
+        print(f"  session {name} failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}", flush=True)
+        return None
+    finally:
+        if not counted:
+            arrive()
+        await context.close()
+
+
+async def _round(browser, url: str, payloads: list[bytes], tag: str, timeout_ms: int) -> list[float | None]:
+    """Every session opens its page; once all have, all upload at once."""
+    gate = {"ready": 0, "n": len(payloads), "start": asyncio.Event()}
+    return await asyncio.gather(
+        *(_session(browser, url, data, f"{tag}_{k}.png", gate, timeout_ms) for k, data in enumerate(payloads))
+    )
+
+
+def _summary(waits: list[float | None]) -> str:
+    ok = sorted(w for w in waits if w is not None)
+    if not ok:
+        return f"0 of {len(waits)} sessions got a verdict"
+    p90 = ok[min(len(ok) - 1, round(0.9 * (len(ok) - 1)))]
+    return (
+        f"{len(ok)} of {len(waits)} got a verdict: median {statistics.median(ok):6.1f} s, "
+        f"p90 {p90:6.1f} s, max {ok[-1]:6.1f} s"
+    )
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+async def _main(args: argparse.Namespace) -> None:
+    from playwright.async_api import async_playwright
+
+    slices = tumour_slices()
+    with streamlit_server() as (url, pid):
+        peak = _Peak(pid)
+        peak.start()
+        print(f"server {url} (pid {pid}); RSS before any session {_rss_mib(pid):7.0f} MiB", flush=True)
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            try:
+                t0 = time.perf_counter()
+                (warm,) = await _round(browser, url, [unique_png(slices, 10_000)], "warm", args.timeout * 1000)
+                print(
+                    f"warm-up session (loads the models): {'failed' if warm is None else f'{warm:.1f} s'} to the "
+                    f"verdict, {time.perf_counter() - t0:.1f} s with the page; RSS {_rss_mib(pid):7.0f} MiB",
+                    flush=True,
+                )
+                for r in range(args.rounds):
+                    payloads = [unique_png(slices, r * args.sessions + k) for k in range(args.sessions)]
+                    print(f"round {r + 1}: {args.sessions} sessions  [{_load()}]", flush=True)
+                    waits = await _round(browser, url, payloads, f"r{r + 1}", args.timeout * 1000)
+                    await asyncio.sleep(2.0)  # let the sessions' disconnects reach the server
+                    print(f"  {_summary(waits)}; server RSS after the round {_rss_mib(pid):7.0f} MiB", flush=True)
+            finally:
+                await browser.close()
+        print(f"server peak RSS {peak.stop():7.0f} MiB  [{_load()}]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=20, help="concurrent sessions per round (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of fresh sessions (default: %(default)s)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds a session may wait (default: %(default)s)")
+    parser.add_argument("--chromium", default=CHROMIUM, help="the browser to drive (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.sessions < 1 or args.rounds < 1:
+        parser.error(f"--sessions and --rounds must be at least 1. Received: {args.sessions}, {args.rounds}")
+    if not Path(args.chromium).exists():
+        parser.error(f"{args.chromium} is missing; install Chromium or pass --chromium PATH")
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
