@@ -52,8 +52,8 @@ def show_meta(meta: dict) -> None:
         st.dataframe(rows, hide_index=True, width="stretch")
 
 
-def analyse_slice(pipeline, scan, key: str, name: str | None, expert_mask=None) -> None:
-    """Analyses one slice (cached) and renders the result."""
+def analyse_slice(pipeline, scan, key: str, name: str | None, expert_mask=None, dicom=None) -> None:
+    """Analyses one slice (cached) and renders the result; ``dicom`` is (bytes, frame) of a DICOM upload."""
     try:
         analysis = ui.analyze_cached(key, pipeline, scan)
     except (InputError, ValueError) as exc:
@@ -67,6 +67,7 @@ def analyse_slice(pipeline, scan, key: str, name: str | None, expert_mask=None) 
         source_name=name,
         scan_meta=dict(scan.meta),
         expert_mask=expert_mask,
+        dicom=dicom,
     )
 
 
@@ -98,7 +99,8 @@ def run_single(pipeline, data: bytes, name: str | None, digest: str, case=None) 
                 ui.show_input_error(exc)
                 return
     expert = ui.read_expert_mask(case, scan.shape) if case is not None else None
-    analyse_slice(pipeline, scan, f"{digest}:{frame}:{window}", name, expert)
+    dicom = (data, frame) if scan.kind == "dicom" and case is None else None
+    analyse_slice(pipeline, scan, f"{digest}:{frame}:{window}", name, expert, dicom)
 
 
 def volume_plot(p_tumor, areas, current: int) -> go.Figure:

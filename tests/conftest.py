@@ -126,6 +126,7 @@ class FakeAnalysis:
     model_version: str = "fake-0"
     weights_sha256: dict = field(default_factory=lambda: {"fake.weights.h5": "ab" * 32})
     segmenter_route: str | None = None
+    outline_requested: bool = False
 
     def mask(self, threshold: float | None = None) -> np.ndarray:
         if self.prob_map is None:
@@ -158,6 +159,7 @@ class FakeAnalysis:
             scan_meta=scan_meta or {},
             source_name=source_name,
             created=datetime(2026, 1, 1, tzinfo=UTC),
+            outline_requested=self.outline_requested,
         )
 
     def pdf(self, threshold=None, *, source_name=None, scan_meta=None) -> bytes:
@@ -184,6 +186,7 @@ class FakePipeline:
         from tumor.pipeline import Settings
 
         self.runs = 0
+        self.negative = False  # True: every slice reads as tumour-free (the segmenter does not run)
         self.settings = Settings(tumor_threshold=0.5, mask_threshold=0.5, version="fake-0")
         self.classifiers, self.segmenters = (), ()
         self.weights_sha256 = {"fake.weights.h5": "ab" * 32}
@@ -211,12 +214,34 @@ class FakePipeline:
             raise ValueError(f"Expected a slice at least 8x8. Received: shape={rgb.shape}")
         self.runs += 1
         gray = rgb[..., 0].astype(np.float32) / 255.0
+        if self.negative:
+            return FakeAnalysis(
+                image=rgb,
+                prob_map=None,
+                probabilities={"no_tumor": 0.9, "glioma": 0.05, "meningioma": 0.03, "pituitary": 0.02},
+                p_tumor=0.1,
+                tumor_detected=False,
+                predicted_class="no_tumor",
+                tumor_type=None,
+                behaviour="No tumour detected on this slice.",
+                pixel_spacing_mm=spacing_mm or getattr(scan, "pixel_spacing_mm", None),
+                orientation=orientation or getattr(scan, "orientation", None),
+            )
         return FakeAnalysis(
             image=rgb,
             prob_map=gray,
             pixel_spacing_mm=spacing_mm or getattr(scan, "pixel_spacing_mm", None),
             orientation=orientation or getattr(scan, "orientation", None),
         )
+
+    def outline_on_request(self, analysis):
+        import dataclasses
+
+        if analysis.prob_map is not None:
+            return analysis
+        self.runs += 1
+        gray = np.asarray(analysis.image)[..., 0].astype(np.float32) / 255.0
+        return dataclasses.replace(analysis, prob_map=gray, outline_requested=True)
 
     def analyze_batch(self, images) -> list[FakeAnalysis]:
         return [self.analyze(image) for image in images]

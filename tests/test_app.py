@@ -395,3 +395,40 @@ def test_shipped_model_card_has_every_section_the_page_shows(fake_pipeline):
     assert not at.exception, at.exception
     assert "has no section" not in texts(at)
     assert "held-out set" in texts(at) and "Intended use and licence" not in [s.value for s in at.subheader]
+
+
+def test_outline_on_request_runs_the_segmenter_once_and_says_the_classifier_found_no_tumour(fake_pipeline):
+    fake_pipeline.negative = True
+    at = upload(run_app(), "slice.png", png_bytes(phantom()))
+    assert "No tumour detected" in texts(at) and fake_pipeline.runs == 1
+    assert not [m for m in at.metric if m.label == "Tumour area"]
+    button = next(b for b in at.button if b.label.startswith("Outline anyway"))
+    button.click().run()
+    assert not at.exception, at.exception
+    assert fake_pipeline.runs == 2
+    shown = texts(at)
+    assert "No tumour detected" in shown
+    assert "requested by the user; the classifier found no tumour" in shown
+    assert any(c.startswith("Outline requested by the user") for c in _captions(at))
+    assert area_px(at) > 0
+    at.slider(key="mask_threshold").set_value(0.8).run()
+    assert fake_pipeline.runs == 2, "the slider re-ran a model"
+    assert not [b for b in at.button if b.label.startswith("Outline anyway")]
+
+
+def test_positive_slice_offers_no_outline_button(fake_pipeline):
+    at = upload(run_app(), "slice.png", png_bytes(phantom()))
+    assert not [b for b in at.button if b.label.startswith("Outline anyway")]
+
+
+def test_dicom_upload_with_geometry_offers_a_dicom_seg_and_one_without_says_why(fake_pipeline):
+    from tests.test_batch import dicom_series
+
+    at = upload(run_app(), "IM0001", dicom_series([phantom()])[0])
+    labels = [b.label for b in at.get("download_button")]
+    assert any(label.startswith("DICOM SEG") for label in labels), labels
+    at = upload(run_app(), "IM0002", dicom_bytes(phantom(), spacing=0.5))
+    assert not any(b.label.startswith("DICOM SEG") for b in at.get("download_button"))
+    assert any("No DICOM SEG for this file" in c.value for c in at.caption)
+    png = upload(run_app(), "slice.png", png_bytes(phantom()))
+    assert not any(b.label.startswith("DICOM SEG") for b in png.get("download_button"))

@@ -121,6 +121,26 @@ def test_rethresholding_and_drawing_never_rerun_a_model():
     assert _calls(pipe) == (1, 1)
 
 
+def test_outline_on_request_runs_the_segmenter_once_and_keeps_the_negative_verdict():
+    pipe = _pipeline((0.9, 0.05, 0.03, 0.02))
+    negative = pipe.analyze(_slice())
+    assert _calls(pipe) == (1, 0) and negative.prob_map is None
+    outlined = pipe.outline_on_request(negative)
+    assert _calls(pipe) == (1, 1)
+    assert outlined.outline_requested and not negative.outline_requested
+    assert not outlined.tumor_detected and outlined.predicted_class == "no_tumor" and outlined.tumor_type is None
+    assert outlined.probabilities == negative.probabilities
+    assert outlined.mask().any() and not outlined.prob_map.flags.writeable
+    report = outlined.report()
+    assert report["prediction"]["outline"] == "requested by the user; the classifier found no tumour"
+    assert report["measurements"]["area_px"] == int(outlined.mask().sum())
+    assert "outline" not in negative.report()["prediction"] and negative.report()["measurements"] is None
+    # A positive slice already has its outline: nothing runs again, nothing is flagged.
+    positive = _pipeline((0.1, 0.8, 0.05, 0.05))
+    a = positive.analyze(_slice())
+    assert positive.outline_on_request(a) is a and _calls(positive) == (1, 1)
+
+
 class RampSegmenter:
     """Probability rising from the left edge (0) to the right edge (1)."""
 

@@ -94,6 +94,9 @@ class Analysis:
         segmenter_route: "grey" or "colour" when the weights route segmenters
             by the kind of slice (``Pipeline.routes_segmenters``) and the
             segmenter ran: which of them drew the map; None otherwise.
+        outline_requested: the classifier found no tumour and the user asked
+            for the outline anyway (``Pipeline.outline_on_request``): the map
+            is there, ``tumor_detected`` stays False.
     """
 
     image: np.ndarray = field(repr=False)
@@ -112,6 +115,7 @@ class Analysis:
     model_version: str = "unversioned"
     weights_sha256: dict[str, str] = field(default_factory=dict)
     segmenter_route: str | None = None
+    outline_requested: bool = False
 
     @property
     def display_name(self) -> str:
@@ -163,13 +167,14 @@ class Analysis:
             predicted=self.display_name,
             behaviour=self.behaviour,
             threshold=t,
-            measurements=self.measurements(t) if self.tumor_detected else None,
+            measurements=self.measurements(t) if self.prob_map is not None else None,
             model_version=self.model_version,
             weights_sha256=self.weights_sha256,
             scan_meta=scan_meta or {},
             source_name=source_name,
             created=created or datetime.now(UTC),
             segmenter_route=self.segmenter_route,
+            outline_requested=self.outline_requested,
         )
 
     def pdf(
@@ -600,6 +605,27 @@ class Pipeline:
                 )
             )
         return out
+
+    def outline_on_request(self, analysis: Analysis) -> Analysis:
+        """The outline of a slice the classifier called negative, run because the user asked for it.
+
+        The verdict stays as it was (``tumor_detected`` False, no tumour type):
+        only the map is added, flagged ``outline_requested`` so that the page,
+        the JSON and the PDF say the classifier found no tumour. A positive
+        analysis already has its outline and is returned as it is.
+        """
+        if analysis.prob_map is not None:
+            return analysis
+        rgb = np.asarray(analysis.image)
+        route = "grey" if is_grey(rgb) else "colour"
+        prob_map = self.segment(rgb, route)
+        prob_map.setflags(write=False)
+        return dataclasses.replace(
+            analysis,
+            prob_map=prob_map,
+            segmenter_route=route if self.routes_segmenters else None,
+            outline_requested=True,
+        )
 
     def grad_cam(self, analysis: Analysis) -> np.ndarray:
         """Grad-CAM of the predicted class at the slice's resolution, float32 in [0, 1].

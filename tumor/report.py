@@ -20,6 +20,7 @@ from tumor.measure import Measurements
 
 TITLE = "Brain tumour MRI analysis"
 DISCLAIMER = "Research demo, not for diagnosis."
+OUTLINE_REQUESTED = "requested by the user; the classifier found no tumour"
 MAX_TEXT = 120  # longest free-text value copied into a report
 
 # Core PDF fonts are latin-1 only; these characters get ASCII stand-ins.
@@ -54,6 +55,7 @@ def report_dict(
     source_name: str | None,
     created: datetime,
     segmenter_route: str | None = None,
+    outline_requested: bool = False,
 ) -> dict:
     """Gathers one analysis into a JSON-serialisable report.
 
@@ -71,6 +73,8 @@ def report_dict(
         created: when the analysis ran; a naive datetime is taken as UTC.
         segmenter_route: "grey" or "colour" when the weights route segmenters
             by the kind of slice; then ``model.segmenter_route`` says which drew the mask.
+        outline_requested: the classifier found no tumour and the user asked
+            for the outline anyway; ``prediction.outline`` then says so.
 
     Returns:
         A dict of str, float, int, None, lists and dicts only, with keys
@@ -92,6 +96,7 @@ def report_dict(
             "p_tumor": _probability(p_tumor, "p_tumor"),
             "threshold": _probability(threshold, "threshold"),
             "probabilities": probs,
+            **({"outline": OUTLINE_REQUESTED} if outline_requested else {}),
         },
         "measurements": _measurements_dict(measurements),
         "model": {
@@ -154,6 +159,8 @@ def report_pdf(report: dict, overlay_rgb: np.ndarray, *, compress: bool = True) 
     _row(pdf, "Predicted", str(prediction.get("predicted", "")))
     _row(pdf, "P(tumour)", f"{100 * prediction.get('p_tumor', float('nan')):.1f} %")
     _row(pdf, "Threshold", f"{prediction.get('threshold', float('nan')):.2f}")
+    if prediction.get("outline"):
+        _row(pdf, "Outline", str(prediction["outline"]))
     if prediction.get("behaviour"):
         pdf.set_font("Helvetica", "", 9)
         pdf.multi_cell(0, 5, _latin1(prediction["behaviour"]), new_x="LMARGIN", new_y="NEXT")

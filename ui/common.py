@@ -47,6 +47,9 @@ ROUTE_NOTES = {
     "colour": " · colour composite: outlined by the segmenters for multi-sequence composites",
 }
 GALLERY_PICK_KEY = "gallery_pick"  # session_state key the gallery hands to Analyze
+OUTLINE_REQUEST_KEY = "outline_requested"  # session_state key prefix: the user asked for an outline of a negative slice
+OUTLINE_REQUESTED_NOTE = "requested by the user; the classifier found no tumour"  # as tumor.report.OUTLINE_REQUESTED
+OUTLINE_REQUESTED_CAPTION = "Outline requested by the user (red; the classifier found no tumour)"
 
 
 def weights_dir() -> Path:
@@ -126,6 +129,25 @@ def analyze_cached(key: str, _pipeline, _scan):
     so its cached brain mask is computed once, not once per rerun.
     """
     return _pipeline.analyze(_scan)
+
+
+@st.cache_resource(max_entries=SLICE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner="Outlining on request…")
+def outline_cached(key: str, _pipeline, _analysis):
+    """The segmenter run at the user's request on a slice the classifier called negative (once per slice)."""
+    return _pipeline.outline_on_request(_analysis)
+
+
+@st.cache_data(max_entries=SLICE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner="Writing the DICOM SEG…")
+def dicom_seg_cached(
+    key: str, threshold: float, _data: bytes, frame: int, _analysis
+) -> tuple[bytes | None, str | None]:
+    """The DICOM SEG of an analysed DICOM upload at ``threshold``: (bytes, None), or (None, why not)."""
+    from tumor.dicom_seg import seg_for_upload
+
+    try:
+        return seg_for_upload(_data, _analysis, frame=frame, threshold=threshold), None
+    except InputError as exc:
+        return None, str(exc)
 
 
 @st.cache_resource(max_entries=SLICE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner="Computing Grad-CAM…")
@@ -457,8 +479,20 @@ def render_model_info(pipeline, analysis) -> None:
         )
 
 
-def render_downloads(analysis, threshold: float, source_name: str | None, scan_meta) -> None:
-    """Overlay PNG, mask PNG, JSON and PDF reports (built only when clicked)."""
+def render_downloads(
+    analysis,
+    threshold: float,
+    source_name: str | None,
+    scan_meta,
+    *,
+    key: str = "",
+    dicom: tuple[bytes, int] | None = None,
+) -> None:
+    """Overlay PNG, mask PNG, JSON and PDF reports (built only when clicked), and a DICOM SEG for a DICOM upload.
+
+    ``dicom`` is the uploaded DICOM's bytes and the analysed frame; the SEG is
+    offered when the outline at ``threshold`` has a pixel.
+    """
     base = _base_name(source_name)
     meta = dict(scan_meta or {})
 
@@ -499,6 +533,21 @@ def render_downloads(analysis, threshold: float, source_name: str | None, scan_m
         "application/pdf",
         on_click="ignore",
     )
+    if dicom is not None and analysis.mask(threshold).any():
+        state = "requested" if getattr(analysis, "outline_requested", False) else "cascade"
+        seg, why_not = dicom_seg_cached(f"{key}:{state}", float(threshold), dicom[0], dicom[1], analysis)
+        if seg is not None:
+            st.download_button(
+                "DICOM SEG (opens over the scan in 3D Slicer or OHIF)",
+                seg,
+                f"{base}_seg.dcm",
+                "application/dicom",
+                on_click="ignore",
+                help="A DICOM Segmentation of this outline at the current threshold, referencing the uploaded "
+                "instance by its UIDs. No patient name, ID or date is copied into it.",
+            )
+        else:
+            st.caption(f"No DICOM SEG for this file: {why_not}")
 
 
 def render_verdict(analysis) -> None:
@@ -534,6 +583,7 @@ def render_analysis(
     source_name: str | None,
     scan_meta: dict | None = None,
     expert_mask: np.ndarray | None = None,
+    dicom: tuple[bytes, int] | None = None,
 ) -> None:
     """The full result of one slice: image with outline, verdict, numbers.
 
@@ -544,19 +594,24 @@ def render_analysis(
         source_name: file name shown in reports (no path).
         scan_meta: non-identifying scan fields for the reports.
         expert_mask: the expert outline of a gallery case, drawn in green.
+        dicom: the uploaded DICOM's bytes and analysed frame, for the DICOM SEG download.
     """
     from tumor.metrics import dice
     from tumor.overlay import draw_comparison, draw_heatmap
 
-    positive = bool(analysis.tumor_detected)
+    requested_key = f"{OUTLINE_REQUEST_KEY}:{key}"
+    if not analysis.tumor_detected and st.session_state.get(requested_key):
+        analysis = outline_cached(key, pipeline, analysis)
+    outlined = analysis.prob_map is not None
     left, right = st.columns([3, 2], gap="large")
     with left:
-        threshold, mode, opacity, cam = overlay_controls(pipeline, enabled=positive)
+        threshold, mode, opacity, cam = overlay_controls(pipeline, enabled=outlined)
         images, captions = [], []
-        if positive:
+        if outlined:
             images.append(analysis.overlay(threshold, mode=mode, opacity=opacity))
             route = ROUTE_NOTES.get(analysis.segmenter_route, "")
-            captions.append(f"Model outline (red), threshold {threshold:.2f}{route}")
+            who = OUTLINE_REQUESTED_CAPTION if getattr(analysis, "outline_requested", False) else "Model outline (red)"
+            captions.append(f"{who}, threshold {threshold:.2f}{route}")
         else:
             images.append(np.asarray(analysis.image))
             captions.append("No tumour outlined: the segmenter runs only on positive slices")
@@ -575,9 +630,21 @@ def render_analysis(
         if analysis.orientation:
             right_dir, down_dir = analysis.orientation
             st.caption(f"Image right → patient {right_dir}; image down → patient {down_dir}.")
+        if not outlined:
+            st.button(
+                "Outline anyway (run the segmenter)",
+                key=f"outline_button:{key}",
+                icon=":material/draw:",
+                on_click=st.session_state.__setitem__,
+                args=(requested_key, True),
+                help="The classifier found no tumour, so the segmenter did not run. This runs it on this slice; "
+                "the verdict stays 'no tumour' and the reports say the outline was requested.",
+            )
     with right:
         render_verdict(analysis)
-        if positive:
+        if getattr(analysis, "outline_requested", False):
+            st.warning(f"Outline {OUTLINE_REQUESTED_NOTE}.", icon=":material/draw:")
+        if outlined:
             render_measurements(analysis, threshold)
-        render_downloads(analysis, threshold, source_name, scan_meta)
+        render_downloads(analysis, threshold, source_name, scan_meta, key=key, dicom=dicom)
         render_model_info(pipeline, analysis)
