@@ -46,8 +46,11 @@ RUNS_DIR = Path("runs/fusion")
 DEFAULT_MANIFESTS = data.DEFAULT_MANIFESTS
 
 
-def collect(pipeline, df: pd.DataFrame, progress_every: int = 100) -> dict[str, np.ndarray]:
+def collect(pipeline, df: pd.DataFrame, batch: int = 16, progress_every: int = 160) -> dict[str, np.ndarray]:
     """Classifier probabilities and location features of every readable row of ``df``.
+
+    Slices go through the pipeline's batched calls (``classify_batch``,
+    ``segment_batch``), ``batch`` at a time.
 
     Returns:
         Arrays ``probs`` (N, 4), ``features`` (N, F), ``label``, ``source``,
@@ -58,18 +61,29 @@ def collect(pipeline, df: pd.DataFrame, progress_every: int = 100) -> dict[str, 
 
     keep, probs, feats = [], [], []
     t0 = time.monotonic()
+    pending: list[tuple[object, np.ndarray]] = []
+
+    def flush() -> None:
+        rgbs = [rgb for _, rgb in pending]
+        p = pipeline.classify_batch(rgbs)
+        maps = pipeline.segment_batch(rgbs)
+        for (idx, rgb), pi, prob_map in zip(pending, p, maps, strict=True):
+            feats.append(location_features(rgb, prob_map, pi[1:]))
+            probs.append(pi)
+            keep.append(idx)
+        pending.clear()
+
     for i, (idx, image_file) in enumerate(zip(df.index, df["image_file"], strict=True)):
         try:
-            rgb = read_image(image_file)
+            pending.append((idx, read_image(image_file)))
         except InputError:
             continue
-        p = pipeline.classify(rgb)
-        prob_map = pipeline.segment(rgb)
-        feats.append(location_features(rgb, prob_map, p[1:]))
-        probs.append(p)
-        keep.append(idx)
+        if len(pending) == batch:
+            flush()
         if progress_every and (i + 1) % progress_every == 0:
             print(f"  {i + 1}/{len(df)} slices, {time.monotonic() - t0:.0f}s", flush=True)
+    if pending:
+        flush()
     rows = df.loc[keep]
     out = {"probs": np.array(probs), "features": np.array(feats)}
     for col in ("label", "source", "group_id", "image_path", "orig_name"):
