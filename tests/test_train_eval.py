@@ -578,3 +578,38 @@ def test_card_gives_each_source_a_wilson_interval_from_its_slice_counts():
     # 5 of 10: Wilson 0.237-0.763; 20 of 20: 0.839-1.000; no type accuracy, no interval.
     assert row == "| lgg_kaggle_3m | 30 | 10 / 20 | 0.900 | 0.500 (0.237–0.763) | 1.000 (0.839–1.000) | – | 0.700 |"
     assert "Wilson intervals over slices" in text
+
+
+def test_outline_on_request_figures_score_only_the_missed_tumour_slices(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from tumor.lab import evaluate
+
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[8:24, 8:24] = 150
+    Image.fromarray(img).save(tmp_path / "s.png")
+    truth = np.zeros((32, 32), bool)
+    truth[8:24, 8:24] = True  # 256 px
+
+    def segment(rgb):
+        out = np.zeros(rgb.shape[:2], np.float32)
+        out[8:24, 8:16] = 0.9  # half the truth: Dice 2*128/(256+128) = 2/3
+        return out
+
+    stub = SimpleNamespace(tumor_threshold=0.5, mask_threshold=0.5, min_component_fraction=0.0, segment=segment)
+    res = pd.DataFrame(
+        {
+            "image_file": [str(tmp_path / "s.png")] * 4,
+            "label": ["glioma", "glioma", "no_tumor", "meningioma"],
+            "source": ["lgg_kaggle_3m", "figshare_cheng", "lgg_kaggle_3m", "figshare_cheng"],
+            "p_tumor": [0.2, 0.9, 0.1, 0.3],  # the second is detected, the third has no tumour
+            "truth": [truth, truth, np.zeros((32, 32), bool), truth],
+        }
+    )
+    figures = evaluate.outline_on_request_figures(stub, res)
+    assert figures["n_missed_tumour_slices"] == 2
+    assert figures["dice_mean"] == pytest.approx(2 / 3)
+    assert set(figures["per_source"]) == {"lgg_kaggle_3m", "figshare_cheng"}
+    assert figures["per_source"]["figshare_cheng"]["n_missed_tumour_slices"] == 1
