@@ -1118,3 +1118,18 @@ def test_nifti_datatype_without_a_voxel_type_is_named():
     img.header["datatype"] = 0
     with pytest.raises(InputError, match="datatype code 0, which has no voxel type"):
         read_volume(img.header.binaryblock + bytes(4) + img.get_fdata().astype(np.int16).tobytes("F"))
+
+
+def test_sniff_kind_follows_read_scans_rules_from_the_first_bytes():
+    from tumor.io import sniff_kind
+
+    dicom = _dicom(_ramp16())
+    nifti_gz = _nifti(gz=True)
+    png = _pil_bytes(Image.fromarray(_gradient()), "PNG")
+    assert sniff_kind(dicom[:4096]) == "dicom"
+    assert sniff_kind(dicom[128:][:4096]) == "dicom"  # preamble stripped: "DICM" at byte 0
+    assert sniff_kind(nifti_gz[:4096]) == "nifti"  # by the gzipped header's magic, without a name
+    assert sniff_kind(b"", "scan.nii.gz") == "nifti"  # by the name
+    assert sniff_kind(png[:4096], "slice.png") == "image"
+    assert sniff_kind(b"\x1f\x8b\x08garbage") == "image"  # a damaged gzip head: read_scan says why
+    assert read_scan(dicom).kind == "dicom" and read_scan(nifti_gz).kind == "nifti"

@@ -292,12 +292,10 @@ def walk_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str 
 
 
 def _classify(head: bytes, name: str) -> str:
-    # The same rules as tumor.io.read_scan, so that the reader sees the kind the walk saw.
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if name.lower().endswith((".nii", ".nii.gz")) or _nifti_header_bytes(head) is not None:
-        return "nifti"
-    return "image"
+    # tumor.io's own rules, so that the reader sees the kind the walk saw.
+    from tumor.io import sniff_kind
+
+    return sniff_kind(head, name)
 
 
 def _nifti_header_bytes(head: bytes) -> bytes | None:
