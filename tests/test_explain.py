@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
 from tumor.explain import grad_cam
 from tumor.models import build_classifier, preprocess_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bright_square_input(size: int = 16) -> np.ndarray:
@@ -75,3 +79,34 @@ def test_bad_arguments(kwargs, message):
     args = {"x": _bright_square_input(), "layer_name": "features"} | kwargs
     with pytest.raises(ValueError, match=message):
         grad_cam(_tiny_model(), **args)
+
+
+def test_the_keras_classifier_loader_refuses_weights_other_than_the_loaded_ones(tmp_path):
+    from tumor import weights as weights_lib
+    from tumor.errors import WeightsError
+    from tumor.explain import keras_classifier
+
+    for name in weights_lib.MODEL_KINDS:
+        (tmp_path / f"{name}.weights.h5").write_bytes(name.encode())
+    weights_lib.write_manifest(
+        tmp_path, version="t", input_sizes={"classifier": 32, "segmenter": 32}, build_kwargs={},
+        tumor_threshold=0.5, mask_threshold=0.5,
+    )  # fmt: skip
+    with pytest.raises(WeightsError, match=r"not the one the app loaded \(expected sha256 000000000000"):
+        keras_classifier(tmp_path, "classifier", "0" * 64)
+    with pytest.raises(WeightsError, match="'classifier_9'"):
+        keras_classifier(tmp_path, "classifier_9", "0" * 64)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "weights" / "manifest.json").is_file(), reason="trained weights not present")
+def test_the_keras_classifier_is_built_once_and_shared_by_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tumor import weights as weights_lib
+    from tumor.explain import keras_classifier
+
+    entry = weights_lib.read_registry(ROOT / "weights").models["classifier"]
+    with ThreadPoolExecutor(3) as pool:
+        models = list(pool.map(lambda _: keras_classifier(ROOT / "weights", "classifier", entry.sha256), range(3)))
+    assert models[0] is models[1] is models[2]
