@@ -65,9 +65,12 @@ def gallery_dir() -> Path:
 # --- loading and caching --------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="Loading the models (first time only)…")
+@st.cache_resource(show_spinner="Loading the models (the first start ever compiles them: about two minutes)…")
 def _load_pipeline(path: str):
-    # Imported here so pages without a model (About, Model card) never load TF.
+    # Once per server, shared by every session (the Pipeline is thread-safe). The compiled networks
+    # (tumor.runtime) load in about a second and never import TensorFlow; the first start ever also
+    # builds them from the verified weights, in a subprocess, into a cache keyed by their sha256.
+    # Imported here so that pages without a model (About, Model card) load nothing.
     from tumor.pipeline import Pipeline
 
     return Pipeline.from_weights_dir(path)
