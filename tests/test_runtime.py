@@ -178,6 +178,24 @@ def test_precision_and_threads_settings_are_checked(monkeypatch):
         runtime.num_threads()
 
 
+def test_processes_starting_together_build_the_cache_once(cache, monkeypatch):
+    import threading
+    import time
+
+    entries = [_entry("segmenter", "s", "cc" * 32)]
+    builds = []
+
+    def slow_build(groups, cache_dir, **kwargs):
+        builds.append(threading.get_ident())
+        time.sleep(0.5)
+        _cache_entry(cache_dir, list(groups[0]))
+
+    monkeypatch.setattr(runtime, "build_entries", slow_build)
+    with ThreadPoolExecutor(3) as pool:
+        nets = list(pool.map(lambda _: runtime.load_networks([entries], cache_dir=cache)[0], range(3)))
+    assert len(builds) == 1 and all(n.names == ("s",) for n in nets)
+
+
 def test_an_unwritable_cache_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")

@@ -32,6 +32,7 @@ weights ahead of the first start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -218,6 +219,26 @@ def verify_entry(folder: Path, spec: dict) -> dict:
     return sidecar
 
 
+@contextlib.contextmanager
+def _build_lock(cache_dir: Path):
+    """An exclusive lock on the cache folder while it is built (none where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(cache_dir / ".build.lock", "a")  # held until the build is done
+    except (ImportError, OSError):
+        handle = None  # no lock: build_entries reports an unwritable folder
+    if handle is None:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 def build_entries(
     groups: Sequence[Sequence[weights_lib.ModelEntry]], cache_dir: Path, *, timeout_s: float = BUILD_TIMEOUT_S
 ) -> None:
@@ -397,9 +418,14 @@ def load_networks(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     specs = [group_spec(g) for g in groups]
     folders = [cache_dir / entry_name(s) for s in specs]
-    missing = [g for g, f in zip(groups, folders, strict=True) if not (f / SIDECAR).is_file()]
-    if missing:
-        build_entries(missing, cache_dir)
+
+    def missing() -> list:
+        return [g for g, f in zip(groups, folders, strict=True) if not (f / SIDECAR).is_file()]
+
+    if missing():
+        with _build_lock(cache_dir):  # processes starting together (Ray actors, test servers) build once
+            if missing():
+                build_entries(missing(), cache_dir)
     return [
         compile_entry(f, s, resolve_precision(precision, (allowed or {}).get(s["kind"], ("f32",))))
         for f, s in zip(folders, specs, strict=True)
