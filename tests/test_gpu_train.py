@@ -47,15 +47,18 @@ def _packed(folder: Path) -> Path:
     return folder
 
 
-def _run(*args: str, cache: Path) -> str:
+def _run(*args: str, cache: Path, quick_compile: bool = True) -> str:
+    # One core (the machine is shared). XLA's quick CPU code generation makes compiling a tiny
+    # network several times faster, and its steps slower: right for the small segmenter, wrong
+    # for ResNet-50, whose steps then take seconds each.
+    flags = "--xla_cpu_multi_thread_eigen=false"
+    if quick_compile:
+        flags += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     env = {
         **os.environ,
         "KERAS_BACKEND": "jax",
         "JAX_PLATFORMS": "cpu",
-        # One core (the machine is shared), and XLA's quick CPU code generation: the tiny steps run
-        # in milliseconds either way, and compiling them is most of the test's time.
-        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false --xla_backend_optimization_level=0"
-        " --xla_llvm_disable_expensive_passes=true",
+        "XLA_FLAGS": flags,
         # A second run (--resume) reuses the first one's compiled steps.
         "JAX_COMPILATION_CACHE_DIR": str(cache),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -121,7 +124,7 @@ def test_segmenter_trains_on_jax_resumes_and_loads_under_tensorflow(tmp_path):
 
 @pytest.mark.slow
 def test_classifier_trains_on_jax_and_loads_under_tensorflow(tmp_path):
-    """The real ResNet-50, the network a GPU session trains first (about a minute and a half here)."""
+    """The real ResNet-50, the network a GPU session trains first (one to three minutes here)."""
     from tumor import models
 
     data, out = _packed(tmp_path / "data"), tmp_path / "out"
@@ -132,9 +135,9 @@ def test_classifier_trains_on_jax_and_loads_under_tensorflow(tmp_path):
         "--out",
         str(out),
         "--batch",
-        "4",
+        "8",
         "--steps-per-call",
-        "2",
+        "3",  # 24 slices: one call of three steps, the one that compiles
         "--max-epochs",
         "1",
         "--precision",
@@ -144,6 +147,7 @@ def test_classifier_trains_on_jax_and_loads_under_tensorflow(tmp_path):
         "--split-mib",
         "8",
         cache=tmp_path / "jax_cache",
+        quick_compile=False,
     )
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["backend"] == "jax" and summary["epochs_run"] == 1
