@@ -354,7 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# tumor.lab.benchmark, {datetime.now(UTC).isoformat(timespec='minutes')}")
     pipe = Pipeline.from_weights_dir(args.weights)
     nets = ", ".join(repr(n) for n in pipe.networks)
-    print(f"project {pipe.version}: {nets}; {runtime.num_threads()} threads, {runtime.DEFAULT_REQUESTS} requests")
+    net = pipe.networks[0]
+    print(f"project {pipe.version}: {nets}; {runtime.num_threads()} threads in {net.streams} streams, "
+          f"{net.max_requests} infer requests per network")  # fmt: skip
     images = _gallery_images()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     peer = Peer()
