@@ -178,6 +178,20 @@ def test_precision_and_threads_settings_are_checked(monkeypatch):
         runtime.num_threads()
 
 
+def test_a_batch_gives_the_same_bits_however_many_requests_are_free(cache, monkeypatch):
+    entries = [_entry("segmenter", "s", "cc" * 32)]
+    _cache_entry(cache, entries)
+    monkeypatch.setenv(runtime.STREAMS_ENV, "2")
+    monkeypatch.setenv(runtime.THREADS_ENV, "2")
+    outs = {}
+    for requests in ("1", "2"):  # one request runs the two pieces in turn; two run them at once
+        monkeypatch.setenv(runtime.REQUESTS_ENV, requests)
+        (net,) = runtime.load_networks([entries], cache_dir=cache)
+        assert (net.streams, net.max_requests) == (2, int(requests))
+        outs[requests] = net(_squares(7))
+    np.testing.assert_array_equal(outs["1"], outs["2"])
+
+
 def test_processes_starting_together_build_the_cache_once(cache, monkeypatch):
     import threading
     import time

@@ -386,18 +386,24 @@ class Network:
             return self._compiled.create_infer_request()
 
     def _infer(self, chunk: np.ndarray) -> np.ndarray:
-        # One request for sure, then any free ones up to a stream each: never waiting while holding one,
-        # so that concurrent calls cannot deadlock.
+        # The batch is split by its size alone, one piece per stream, so that an image is always computed in
+        # the same piece (the same output to the last bit, however busy the pool). The pieces run on one
+        # request for sure and on any others free up to one each: never waiting while holding one, so that
+        # concurrent calls cannot deadlock.
+        pieces = np.array_split(np.ascontiguousarray(chunk), min(len(chunk), self.streams))
         requests = [self._take(blocking=True)]
-        while len(requests) < min(len(chunk), self.streams) and (extra := self._take(blocking=False)) is not None:
+        while len(requests) < len(pieces) and (extra := self._take(blocking=False)) is not None:
             requests.append(extra)
         try:
-            pieces = np.array_split(np.ascontiguousarray(chunk), len(requests))
-            for request, piece in zip(requests, pieces, strict=True):
-                request.start_async({0: piece}, share_inputs=True)  # no copy; the pieces outlive the wait
-            for request in requests:
-                request.wait()
-            return np.concatenate([np.array(r.get_output_tensor(0).data, np.float32) for r in requests])
+            outs = []
+            for start in range(0, len(pieces), len(requests)):
+                wave = list(zip(requests, pieces[start : start + len(requests)], strict=False))
+                for request, piece in wave:
+                    request.start_async({0: piece}, share_inputs=True)  # no copy; the pieces outlive the wait
+                for request, _ in wave:
+                    request.wait()
+                    outs.append(np.array(request.get_output_tensor(0).data, np.float32))
+            return np.concatenate(outs)
         finally:
             for request in requests:
                 self._idle.put(request)
