@@ -4,7 +4,9 @@
 --classifier-sets A+B A+C ... --segmenter-sets ... [--baseline A+B/X+Y]``
 
 Each network runs once over the split, through ``Pipeline.analyze`` with the
-cascade off (every slice segmented), and its per-slice outputs are cached.
+cascade off (every slice segmented), compiled by ``tumor.runtime`` as the app
+runs it (``--precision``, default f32; flip averaging as the manifest says, or
+``--flip-tta on|off``), and its per-slice outputs are cached.
 Every classifier set is then paired with every segmenter set: the pair's
 outputs are the means of its members' outputs, exactly as ``Pipeline`` averages
 them, and each pair is calibrated and scored with ``evaluate.calibrated_report``
