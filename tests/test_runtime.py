@@ -84,6 +84,7 @@ def test_a_cached_network_loads_and_runs_batches_of_any_size(cache):
     assert out.shape == (len(x), 4) and out.dtype == np.float32
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(net(x[:1]), out[:1], atol=1e-6)  # one slice alone reads as it does in a batch
+    assert net(x[:0]).shape == (0, 4)
     with pytest.raises(ValueError, match=r"Received: shape=\(1, 16, 16\), dtype=uint8"):
         net(x[:1, ..., 0])
     with pytest.raises(ValueError, match="dtype=float32"):

@@ -348,6 +348,9 @@ class Network:
         names: the manifest names of the members it averages.
         precision: "f32" or "bf16".
         folder: the verified cache entry it was compiled from.
+        streams: OpenVINO streams it was compiled with.
+        max_requests: infer requests it keeps at most.
+        max_batch: images per inference.
     """
 
     def __init__(
@@ -372,6 +375,8 @@ class Network:
                 f"Expected uint8 model squares of shape (N, {self.size}, {self.size}, 3). "
                 f"Received: shape={squares.shape}, dtype={squares.dtype}"
             )
+        if not len(squares):
+            return np.zeros((0, 4) if self.kind == "classifier" else (0, self.size, self.size), np.float32)
         outs = [self._infer(squares[i : i + self.max_batch]) for i in range(0, len(squares), self.max_batch)]
         out = np.concatenate(outs) if len(outs) != 1 else outs[0]
         return out[..., 0] if self.kind == "segmenter" else out
