@@ -128,15 +128,18 @@ def test_crossfit_adopts_an_informative_fusion_and_refuses_a_useless_one():
     assert useless["gain"] < lab_fusion.ADOPT_MIN_GAIN and not useless["adopt"]
 
 
-def test_folds_keep_patients_together_and_cut_figshare_into_contiguous_blocks():
+def test_folds_keep_patients_together_and_cut_figshare_into_contiguous_blocks_within_each_type():
+    numbers = (5, 1, 9, 3, 7, 2, 10, 4, 8, 6)
+    types = ["meningioma"] * 5 + ["pituitary"] * 5  # file order runs type by type, as in the release
     arrays = {
         "source": np.array(["figshare_cheng"] * 10 + ["lgg_kaggle_3m"] * 6),
         "group_id": np.array(["figshare_cvfold3"] * 10 + ["A", "A", "B", "B", "C", "C"]),
-        "orig_name": np.array([f"{n}.mat" for n in (5, 1, 9, 3, 7, 2, 10, 4, 8, 6)] + [""] * 6),
-        "label": np.array(["glioma"] * 16),
+        "orig_name": np.array([f"{n}.mat" for n in numbers] + [""] * 6),
+        "label": np.array([types[n - 1] for n in numbers] + ["glioma"] * 6),
     }
     fold = lab_fusion.folds(arrays, n_folds=5)
-    by_number = dict(zip([5, 1, 9, 3, 7, 2, 10, 4, 8, 6], fold[:10], strict=True))
-    assert [by_number[n] for n in range(1, 11)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    by_number = dict(zip(numbers, fold[:10], strict=True))
+    assert [by_number[n] for n in range(1, 6)] == [0, 1, 2, 3, 4]  # meningiomas 1-5, in order
+    assert [by_number[n] for n in range(6, 11)] == [0, 1, 2, 3, 4]  # pituitary 6-10: every fold has both types
     lgg = fold[10:]
     assert lgg[0] == lgg[1] and lgg[2] == lgg[3] and lgg[4] == lgg[5]

@@ -10,8 +10,8 @@ Steps, each a subcommand:
   cross-fitting: the rows are cut into folds, each fold's fusion is fitted on
   the other folds, so no row is scored by a fusion that saw it. figshare fold 3
   carries no patient IDs, so its slices are cut into contiguous blocks of the
-  release's file order (slices of one patient are stored together there); LGG
-  and BraTS rows are grouped by patient.
+  release's file order within each tumour type (slices of one patient are
+  stored together there); LGG and BraTS rows are grouped by patient.
 - ``fit``: fits the fusion on every validation row and writes the JSON that ships.
 
 The rule (fixed before any cross-fitted figure was seen): adopt the fusion only
@@ -87,20 +87,26 @@ def collect(pipeline, df: pd.DataFrame, batch: int = 16, progress_every: int = 1
     rows = df.loc[keep]
     out = {"probs": np.array(probs), "features": np.array(feats)}
     for col in ("label", "source", "group_id", "image_path", "orig_name"):
-        out[col] = rows[col].astype(str).to_numpy() if col in rows else np.array([""] * len(rows))
+        out[col] = np.array(rows[col].astype(str).tolist() if col in rows else [""] * len(rows), dtype=str)
     return out
 
 
 def folds(arrays: dict[str, np.ndarray], n_folds: int = N_FOLDS) -> np.ndarray:
-    """A fold index per row: figshare in contiguous file-order blocks, other sources by patient (group)."""
+    """A fold index per row: figshare in contiguous file-order blocks within each type, other sources by patient.
+
+    figshare's release stores a patient's slices together and each patient has
+    one tumour type, so blocks of file order within a type keep patients
+    (nearly) whole while every fold holds every type. (The first candidate cut
+    file order across types; its folds then lacked whole types: see
+    docs/experiments.md.)
+    """
     n = len(arrays["label"])
     fold = np.zeros(n, int)
     fig = arrays["source"] == "figshare_cheng"
-    if fig.any():
-        order = np.argsort([_file_number(s) for s in arrays["orig_name"][fig]], kind="stable")
-        blocks = np.empty(fig.sum(), int)
-        blocks[order] = np.arange(fig.sum()) * n_folds // fig.sum()
-        fold[fig] = blocks
+    for label in sorted(set(arrays["label"][fig])):
+        rows = np.flatnonzero(fig & (arrays["label"] == label))
+        order = np.argsort([_file_number(s) for s in arrays["orig_name"][rows]], kind="stable")
+        fold[rows[order]] = np.arange(len(rows)) * n_folds // len(rows)
     others = ~fig
     groups = sorted(set(arrays["group_id"][others]))
     rank = {g: i % n_folds for i, g in enumerate(groups)}
