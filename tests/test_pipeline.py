@@ -229,6 +229,31 @@ def test_mask_threshold_out_of_range_is_refused():
         a.mask(1.5)
 
 
+def _pituitary_fusion():
+    """A fusion that reads every outline as a pituitary adenoma, whatever the classifier says."""
+    from tumor.fusion import FEATURE_NAMES, TypeFusion
+
+    f = len(FEATURE_NAMES)
+    return TypeFusion(mean=np.zeros(f), scale=np.ones(f), coef=np.zeros((3, f)), intercept=np.array([0.0, 0.0, 9.0]))
+
+
+def test_type_fusion_retypes_positive_slices_only_and_keeps_p_tumour():
+    pipe = _make(StubClassifier((0.1, 0.8, 0.05, 0.05)), StubSegmenter(), tumor_threshold=0.5)
+    fused = Pipeline(pipe.classifiers, pipe.segmenters, pipe.settings, type_fusion=_pituitary_fusion())
+    plain, a = pipe.analyze(_slice()), fused.analyze(_slice())
+    assert plain.tumor_type == "glioma" and plain.typing == "classifier"
+    assert a.tumor_type == "pituitary" and a.typing == "classifier and outline location"
+    assert a.p_tumor == pytest.approx(plain.p_tumor) and a.probabilities["no_tumor"] == pytest.approx(0.1)
+    assert sum(a.probabilities.values()) == pytest.approx(1.0)
+    assert a.report()["model"]["typing"] == "classifier and outline location"
+    negative = Pipeline(
+        (Member(StubClassifier((0.9, 0.05, 0.03, 0.02)), 32),), pipe.segmenters, pipe.settings,
+        type_fusion=_pituitary_fusion(),
+    ).analyze(_slice())  # fmt: skip
+    assert negative.typing == "classifier" and negative.probabilities["glioma"] == pytest.approx(0.05)
+    assert fused.with_settings(tumor_threshold=0.3).type_fusion is fused.type_fusion
+
+
 # --- weights registry ------------------------------------------------------------------
 
 
@@ -276,6 +301,20 @@ def test_missing_weights_and_manifest_are_refused(tmp_path):
         Pipeline.from_weights_dir(tmp_path / "nowhere")
 
 
+def test_a_tampered_type_fusion_file_is_refused_before_anything_loads(tmp_path):
+    d = _fake_weights_dir(tmp_path)
+    (d / "type_fusion.json").write_text(_pituitary_fusion().to_json())
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["type_fusion"] = {"file": "type_fusion.json", "sha256": weights_lib.sha256_file(d / "type_fusion.json")}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    entry = weights_lib.read_registry(d).type_fusion
+    weights_lib.verify(entry)
+    with open(d / "type_fusion.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(WeightsError, match=r"type fusion .*does not match its pinned hash"):
+        Pipeline.from_weights_dir(d)
+
+
 def test_malformed_manifest_is_refused(tmp_path):
     d = _fake_weights_dir(tmp_path)
     (d / "manifest.json").write_text(json.dumps({"version": "x"}))
@@ -289,6 +328,8 @@ def test_shipped_weights_match_their_manifest():
     for entry in reg.models.values():
         weights_lib.verify(entry)
         assert entry.path.stat().st_size < 100 * 1024 * 1024
+    if reg.type_fusion is not None:
+        weights_lib.verify(reg.type_fusion)
 
 
 @needs_weights
@@ -404,7 +445,7 @@ def test_settings_are_frozen_and_the_pipeline_holds_each_once():
     pipe = _pipeline((0.1, 0.8, 0.05, 0.05))
     with pytest.raises(AttributeError):
         pipe.settings.tumor_threshold = 0.0  # type: ignore[misc]
-    assert set(vars(pipe)) == {"classifiers", "segmenters", "settings", "metrics", "weights_dir"}
+    assert set(vars(pipe)) == {"classifiers", "segmenters", "settings", "metrics", "weights_dir", "type_fusion"}
     lowered = pipe.with_settings(tumor_threshold=0.0)
     assert (pipe.tumor_threshold, lowered.tumor_threshold) == (0.5, 0.0)
     assert lowered.classifiers is pipe.classifiers and lowered.segmenters is pipe.segmenters

@@ -24,6 +24,7 @@ import numpy as np
 
 from tumor import measure as measure_lib
 from tumor import overlay as overlay_lib
+from tumor.fusion import TypeFusion, location_features
 from tumor.preprocess import CLASS_NAMES, INTENSITY_MODES, from_model_square, scale_intensity, to_model_square
 
 # What each predicted class usually implies. Worded as a reading of the tumour
@@ -97,6 +98,9 @@ class Analysis:
         outline_requested: the classifier found no tumour and the user asked
             for the outline anyway (``Pipeline.outline_on_request``): the map
             is there, ``tumor_detected`` stays False.
+        typing: what chose the tumour type: ``TYPING_CLASSIFIER``, or
+            ``TYPING_FUSED`` when the type probabilities were fused with where
+            the outline lies (``tumor.fusion``; positive slices only).
     """
 
     image: np.ndarray = field(repr=False)
@@ -116,6 +120,7 @@ class Analysis:
     weights_sha256: dict[str, str] = field(default_factory=dict)
     segmenter_route: str | None = None
     outline_requested: bool = False
+    typing: str = "classifier"
 
     @property
     def display_name(self) -> str:
@@ -175,6 +180,7 @@ class Analysis:
             created=created or datetime.now(UTC),
             segmenter_route=self.segmenter_route,
             outline_requested=self.outline_requested,
+            typing=self.typing,
         )
 
     def pdf(
@@ -217,7 +223,9 @@ class VolumeAnalysis:
 # probabilities (classifiers) or (N, S, S) tumour probabilities (segmenters;
 # (N, S, S, 1) is taken too). ``tumor.runtime.Network`` is one.
 Network = Callable[[np.ndarray], np.ndarray]
-ROUTES = ("all", "grey", "colour")  # which slices a segmenter sees (``tumor.weights.INPUT_ROUTES``)
+ROUTES = ("all", "grey", "colour")
+TYPING_CLASSIFIER = "classifier"
+TYPING_FUSED = "classifier and outline location"  # which slices a segmenter sees (``tumor.weights.INPUT_ROUTES``)
 VOLUME_CHUNK = 8  # slices per batched call in ``analyze_volume``; the progress callback runs after each
 
 
@@ -317,6 +325,9 @@ class Pipeline:
         metrics: the test metrics shipped with the weights, if any.
         weights_dir: the verified weights folder the members were built from;
             Grad-CAM rebuilds the first classifier in Keras from it.
+        type_fusion: segmentation-guided typing (``tumor.fusion.TypeFusion``):
+            on positive slices the type probabilities are fused with where the
+            outline lies; None keeps the classifiers' typing.
     """
 
     def __init__(
@@ -327,6 +338,7 @@ class Pipeline:
         *,
         metrics: dict | None = None,
         weights_dir: str | Path | None = None,
+        type_fusion: TypeFusion | None = None,
     ):
         self.classifiers = tuple(classifiers)
         self.segmenters = tuple(segmenters)
@@ -350,6 +362,7 @@ class Pipeline:
         self.settings = settings or Settings()
         self.metrics = metrics
         self.weights_dir = Path(weights_dir) if weights_dir is not None else None
+        self.type_fusion = type_fusion
 
     @classmethod
     def from_weights_dir(
@@ -382,6 +395,10 @@ class Pipeline:
         registry = weights_lib.read_registry(weights_dir)
         for entry in registry.models.values():  # every file, before anything is built or compiled
             weights_lib.verify(entry)
+        type_fusion = None
+        if registry.type_fusion is not None:
+            weights_lib.verify(registry.type_fusion)
+            type_fusion = TypeFusion.from_file(registry.type_fusion.path)
         groups: dict[tuple, list] = {}
         for entry in registry.models.values():
             groups.setdefault((entry.kind, entry.inputs, entry.input_size), []).append(entry)
@@ -408,6 +425,7 @@ class Pipeline:
             settings,
             metrics=weights_lib.read_metrics(weights_dir),
             weights_dir=weights_dir,
+            type_fusion=type_fusion,
         )
 
     def with_settings(self, **changes) -> Pipeline:
@@ -418,6 +436,7 @@ class Pipeline:
             dataclasses.replace(self.settings, **changes),
             metrics=self.metrics,
             weights_dir=self.weights_dir,
+            type_fusion=self.type_fusion,
         )
 
     # The settings, read through: the pipeline holds each of them once.
@@ -574,6 +593,12 @@ class Pipeline:
         routes = {k: "grey" if is_grey(rgbs[k]) else "colour" for k in positive}
         maps = self.segment_batch([rgbs[k] for k in positive], [routes[k] for k in positive])
         maps = dict(zip(positive, maps, strict=True))
+        if self.type_fusion is not None:
+            for k in positive:
+                # P(type) = P(tumour) x P(type | tumour, where the outline lies); P(no tumour) is unchanged.
+                features = location_features(rgbs[k], maps[k], probs[k][1:])
+                probs[k][1:] = (1.0 - probs[k][0]) * self.type_fusion.type_probabilities(features)
+        typing = TYPING_FUSED if self.type_fusion is not None else TYPING_CLASSIFIER
         hashes = self.weights_sha256
         out = []
         for k, rgb in enumerate(rgbs):
@@ -602,6 +627,7 @@ class Pipeline:
                     model_version=self.version,
                     weights_sha256=hashes,
                     segmenter_route=routes.get(k) if self.routes_segmenters else None,
+                    typing=typing if detected[k] else TYPING_CLASSIFIER,
                 )
             )
         return out

@@ -56,6 +56,7 @@ def report_dict(
     created: datetime,
     segmenter_route: str | None = None,
     outline_requested: bool = False,
+    typing: str = "classifier",
 ) -> dict:
     """Gathers one analysis into a JSON-serialisable report.
 
@@ -75,6 +76,7 @@ def report_dict(
             by the kind of slice; then ``model.segmenter_route`` says which drew the mask.
         outline_requested: the classifier found no tumour and the user asked
             for the outline anyway; ``prediction.outline`` then says so.
+        typing: what chose the tumour type (``tumor.pipeline.Analysis.typing``).
 
     Returns:
         A dict of str, float, int, None, lists and dicts only, with keys
@@ -103,6 +105,7 @@ def report_dict(
             "version": _short(model_version),
             "weights_sha256": {_short(k): _short(v, 64) for k, v in weights_sha256.items()},
             **({"segmenter_route": _short(segmenter_route)} if segmenter_route else {}),
+            "typing": _short(typing),
         },
         "scan": {k: _short(scan_meta[k]) for k in SAFE_META_KEYS if k in scan_meta},
     }

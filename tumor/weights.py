@@ -63,6 +63,21 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class FileEntry:
+    """A shipped file that is not a network (the type fusion), pinned by sha256.
+
+    Attributes:
+        kind: what it is, in words, for messages ("type fusion").
+        path: absolute path of the file.
+        sha256: expected hex digest.
+    """
+
+    kind: str
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Registry:
     """The parsed ``manifest.json``.
 
@@ -78,6 +93,8 @@ class Registry:
             slice are dropped (``thresholds.min_component_fraction``; 0 if absent).
         precisions: ``kind -> precisions`` the compiled networks of that kind
             may run in (``inference_precisions``; ``("f32",)`` if absent).
+        type_fusion: the segmentation-guided typing file (``tumor.fusion``),
+            None when the manifest ships none (typing is then the classifiers').
     """
 
     version: str
@@ -88,6 +105,7 @@ class Registry:
     flip_tta: bool = False
     min_component_fraction: float = 0.0
     precisions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    type_fusion: FileEntry | None = None
 
     def members(self, kind: str) -> list[ModelEntry]:
         """The models of ``kind`` whose outputs the pipeline averages, the one named ``kind`` first."""
@@ -147,6 +165,15 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
                 kind: tuple(str(p) for p in raw.get("inference_precisions", {}).get(kind, ["f32"]))
                 for kind in MODEL_KINDS
             },
+            type_fusion=(
+                FileEntry(
+                    kind="type fusion",
+                    path=weights_dir / Path(raw["type_fusion"]["file"]).name,
+                    sha256=str(raw["type_fusion"]["sha256"]).lower(),
+                )
+                if raw.get("type_fusion")
+                else None
+            ),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise WeightsError(
@@ -196,7 +223,7 @@ def _check_routes(registry: Registry, manifest: Path) -> None:
             )
 
 
-def verify(entry: ModelEntry) -> None:
+def verify(entry: ModelEntry | FileEntry) -> None:
     """Checks that ``entry.path`` exists and matches its pinned sha256.
 
     Raises:
