@@ -47,7 +47,7 @@ def _packed(folder: Path) -> Path:
     return folder
 
 
-def _run(*args: str, cache: Path, quick_compile: bool = True) -> str:
+def _env(cache: Path, quick_compile: bool = True) -> dict[str, str]:
     # One core (the machine is shared). XLA's quick CPU code generation makes compiling a tiny
     # network several times faster, and its steps slower: right for the small segmenter, wrong
     # for ResNet-50, whose steps then take seconds each.
@@ -63,10 +63,14 @@ def _run(*args: str, cache: Path, quick_compile: bool = True) -> str:
         "JAX_COMPILATION_CACHE_DIR": str(cache),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
+    return env
+
+
+def _run(*args: str, cache: Path, quick_compile: bool = True) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "tumor.lab.gpu_train", *args],
+        [sys.executable, "-m", "tumor.lab.gpu_train", *args, "--allow-cpu"],
         cwd=ROOT,
-        env=env,
+        env=_env(cache, quick_compile),
         capture_output=True,
         text=True,
         timeout=600,
@@ -78,6 +82,28 @@ def _run(*args: str, cache: Path, quick_compile: bool = True) -> str:
 def _log(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+def test_refuses_to_spend_a_lease_on_the_cpu(tmp_path):
+    """Without --allow-cpu, a JAX that sees no GPU stops the run before any data is read."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tumor.lab.gpu_train",
+            "classifier",
+            "--packed",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        env=_env(tmp_path / "jax_cache"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "JAX sees no accelerator" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_segmenter_trains_on_jax_resumes_and_loads_under_tensorflow(tmp_path):
@@ -137,7 +163,7 @@ def test_classifier_trains_on_jax_and_loads_under_tensorflow(tmp_path):
         "--batch",
         "8",
         "--steps-per-call",
-        "3",  # 24 slices: one call of three steps, the one that compiles
+        "1",  # the default: 24 slices make three calls, the first of which compiles
         "--max-epochs",
         "1",
         "--precision",
@@ -150,7 +176,7 @@ def test_classifier_trains_on_jax_and_loads_under_tensorflow(tmp_path):
         quick_compile=False,
     )
     summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary["backend"] == "jax" and summary["epochs_run"] == 1
+    assert summary["backend"] == "jax" and summary["epochs_run"] == 1 and summary["step_ms"] > 0
     rows = _log(out / "gpu_training_log_classifier.csv")
     assert math.isfinite(float(rows[0]["loss"])) and 0 <= float(rows[0]["val_acc"]) <= 1
 

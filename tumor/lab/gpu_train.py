@@ -14,7 +14,10 @@ step):
   flip, rotation, zoom and shift with bilinear sampling, the project's
   modality drop and grey-slice draw (``tumor.lab.train.drop_modalities``),
   contrast and brightness;
-- ``--steps-per-call`` steps run inside one compiled call (``jax.lax.scan``);
+- the host dispatches steps ahead of the device and waits once every
+  ``--sync-every`` steps (``--steps-per-call`` can also put several steps in
+  one compiled ``jax.lax.scan``; off by default, as on the CPU a scanned step
+  ran 6 times slower);
 - ``mixed_bfloat16`` where the device has it (``--precision auto``);
 - a checkpoint after every epoch (``--resume`` continues it), a wall-time
   budget for the whole process (``--budget-s``) that ends cleanly inside a
@@ -240,7 +243,8 @@ def _device_augmenter_class():
             image = image + ((2 * u[:, 1] - 1) * AUG_BRIGHTNESS * 255)[:, None, None, None]
             return ops.clip(image, 0.0, 255.0)
 
-        def call(self, x):
+        def call(self, x, training=True):
+            del training  # always augments: DeviceTrainer calls it in training only
             x = self._geometric(x)
             image = self._intensity(x[..., :3])
             if ops.shape(x)[-1] == 3:
@@ -293,9 +297,9 @@ class Steps:
 
     State is ``(trainable, non_trainable, optimizer)`` lists of device arrays.
     ``train(state, X, Y, W, idx, lr)`` runs ``idx.shape[0]`` steps in one call
-    (``jax.lax.scan``), each on the batch ``X[idx[k]]``; ``evaluate`` sums the
-    validation figures over ``idx`` with a 0/1 ``valid`` weight per slice, so
-    the padded last batch keeps the shape static.
+    (``jax.lax.scan`` when more than one), each on the batch ``X[idx[k]]``;
+    ``validate`` sums the validation figures batch by batch with a 0/1
+    ``valid`` weight per slice, so the padded last batch keeps the shape static.
     """
 
     def __init__(self, model, optimizer, kind: str, label_smoothing: float = 0.1):
@@ -336,40 +340,43 @@ class Steps:
                 tv, ov = optimizer.stateless_apply(ov, grads, tv)
                 return (tv, ntv, ov), (loss, metric)
 
+            if idx.shape[0] == 1:  # one step: no loop (XLA's CPU code ran a scanned step 6x slower)
+                state, (loss, metric) = body((tv, ntv, ov), idx[0])
+                return state, loss[None], metric[None]
             state, (losses, metrics) = jax.lax.scan(body, (tv, ntv, ov), idx)
             return state, losses, metrics
 
-        def evaluate(tv, ntv, x_all, y_all, idx, valid):
-            def body(acc, inp):
-                ids, ok = inp
-                out, _ = model.stateless_call(tv, ntv, ops.take(x_all, ids, axis=0), training=False)
-                if kind == "classifier":
-                    yb = ops.take(y_all, ids, axis=0)
-                    onehot = ops.one_hot(yb, out.shape[-1])
-                    per = keras.losses.categorical_crossentropy(onehot, out, label_smoothing=label_smoothing)
-                    right = ops.cast(ops.argmax(out, axis=-1) == yb, "float32")
-                    parts = (ops.sum(per * ok), ops.sum(right * ok), ops.sum(ok))
-                else:
-                    pred = ops.clip(out[..., 0], 1e-6, 1 - 1e-6)
-                    target, w = out[..., 1], ok[:, None, None]
-                    hard = ops.cast(pred > 0.5, "float32")
-                    bce = -(target * ops.log(pred) + (1 - target) * ops.log(1 - pred))
-                    parts = (
-                        ops.sum(bce * w),
-                        ops.sum(pred * target * w),
-                        ops.sum((pred + target) * w),
-                        ops.sum(hard * target * w),
-                        ops.sum((hard + target) * w),
-                        ops.sum(w) * ops.cast(ops.shape(pred)[1] * ops.shape(pred)[2], "float32"),
-                    )
-                return tuple(a + p for a, p in zip(acc, parts, strict=True)), None
-
-            n_parts = 3 if kind == "classifier" else 6
-            acc, _ = jax.lax.scan(body, tuple(ops.zeros((), "float32") for _ in range(n_parts)), (idx, valid))
-            return acc
+        def evaluate(tv, ntv, x_all, y_all, ids, ok):
+            out, _ = model.stateless_call(tv, ntv, ops.take(x_all, ids, axis=0), training=False)
+            if kind == "classifier":
+                yb = ops.take(y_all, ids, axis=0)
+                onehot = ops.one_hot(yb, out.shape[-1])
+                per = keras.losses.categorical_crossentropy(onehot, out, label_smoothing=label_smoothing)
+                right = ops.cast(ops.argmax(out, axis=-1) == yb, "float32")
+                return ops.stack([ops.sum(per * ok), ops.sum(right * ok), ops.sum(ok)])
+            pred = ops.clip(out[..., 0], 1e-6, 1 - 1e-6)
+            target, w = out[..., 1], ok[:, None, None]
+            hard = ops.cast(pred > 0.5, "float32")
+            bce = -(target * ops.log(pred) + (1 - target) * ops.log(1 - pred))
+            pixels = ops.sum(w) * ops.cast(ops.shape(pred)[1] * ops.shape(pred)[2], "float32")
+            return ops.stack(
+                [
+                    ops.sum(bce * w),
+                    ops.sum(pred * target * w),
+                    ops.sum((pred + target) * w),
+                    ops.sum(hard * target * w),
+                    ops.sum((hard + target) * w),
+                    pixels,
+                ]
+            )
 
         self.train = jax.jit(train)
         self.evaluate = jax.jit(evaluate)
+
+    def validate(self, tv, ntv, x_all, y_all, idx, valid) -> dict[str, float]:
+        """Validation figures over the batches ``idx`` (rows), each slice weighted 0/1 by ``valid``."""
+        sums = sum(self.evaluate(tv, ntv, x_all, y_all, ids, ok) for ids, ok in zip(idx, valid, strict=True))
+        return self.figures(np.asarray(sums))
 
     def figures(self, sums) -> dict[str, float]:
         """Validation figures from ``evaluate``'s sums (pooled over every validation slice)."""
@@ -472,6 +479,12 @@ def train(args: argparse.Namespace) -> dict:
         f"backend jax {jax.__version__} on {device.platform}:{device.device_kind}; precision {args.precision}",
         flush=True,
     )
+    if device.platform == "cpu" and not args.allow_cpu:
+        # JAX falls back to the host, with a warning only, when it finds no usable GPU
+        # plugin; a lease would then be spent at CPU speed (docs/gpu_training.md).
+        raise SystemExit(
+            f"JAX sees no accelerator (jax.devices() = {jax.devices()}); pass --allow-cpu for a dry run on the CPU"
+        )
 
     t_load = time.monotonic()
     print(f"imports done at {t_load - t_start:.1f} s", flush=True)
@@ -496,8 +509,7 @@ def train(args: argparse.Namespace) -> dict:
         name: jax.device_put(arr) for name, arr in (("x", train_np["x"]), ("y", train_np["y"]), ("w", train_np["w"]))
     }
     dev_val = {name: jax.device_put(arr) for name, arr in (("x", val_np["x"]), ("y", val_np["y"]))}
-    val_idx = jax.device_put(val_idx.reshape(val_batches, b))
-    val_valid = jax.device_put(val_valid.reshape(val_batches, b))
+    val_idx, val_valid = val_idx.reshape(val_batches, b), val_valid.reshape(val_batches, b)
     jax.block_until_ready(dev["x"])
     mib = sum(a.nbytes for a in dev.values()) / 2**20
     print(
@@ -558,43 +570,50 @@ def train(args: argparse.Namespace) -> dict:
         order = order[: steps_per_epoch * b].reshape(calls_per_epoch, k, b)
         losses, metrics, done = [], [], 0
         lr = args.lr
+        pending, t_window = 0, time.monotonic()
         for c in range(calls_per_epoch):
+            # The host runs ahead of the device by up to --sync-every calls; it waits, and
+            # times them, once per window, so the device never idles on Python.
             elapsed = time.monotonic() - t_start
             reserve = max(args.reserve_s, 1.5 * (val_s + save_s))
-            next_call = float(np.median(call_s[-5:])) if call_s else 0.0
-            if elapsed + next_call + reserve > args.budget_s:
-                print(f"budget: stopping after {elapsed:.0f} s, {done} steps into epoch {epoch + 1}", flush=True)
+            per_call = float(np.median(call_s[-20:])) if call_s else 0.0
+            if elapsed + (pending + 1) * per_call + reserve > args.budget_s:
+                print(f"budget: stopping at {elapsed:.0f} s, {done} steps into epoch {epoch + 1}", flush=True)
                 stop = True
                 break
             if call_s:  # steps that the rest of the budget holds at the recent pace
                 left = (args.budget_s - elapsed - reserve) * train_share
-                planned = min(args.max_epochs * steps_per_epoch, step + int(left / (next_call / k)))
+                planned = min(args.max_epochs * steps_per_epoch, step + int(left / (per_call / k)))
             else:
                 planned = args.max_epochs * steps_per_epoch
             lr = lr_at(step, planned, args.lr, args.warmup_steps)
-            t_call = time.monotonic()
             # A float32 array, not a Python float: a weakly typed scalar would change the
             # optimizer state's type after the first call and compile the step a second time.
-            lr_arg = np.float32(lr)
-            (tv, ntv, ov), loss, metric = steps.train((tv, ntv, ov), dev["x"], dev["y"], dev["w"], order[c], lr_arg)
-            loss, metric = np.asarray(loss), np.asarray(metric)  # waits for the device
-            dt = time.monotonic() - t_call
-            if compile_s is None:
-                compile_s = dt
-                print(f"first call (compiles the step): {dt:.1f} s", flush=True)
-            else:
-                call_s.append(dt)
+            (tv, ntv, ov), loss, metric = steps.train(
+                (tv, ntv, ov), dev["x"], dev["y"], dev["w"], order[c], np.float32(lr)
+            )
             losses.append(loss)
             metrics.append(metric)
             done += k
             step += k
+            pending += 1
+            if compile_s is None or pending >= args.sync_every or c == calls_per_epoch - 1:
+                jax.block_until_ready(loss)
+                now = time.monotonic()
+                if compile_s is None:
+                    compile_s = now - t_window
+                    print(f"first call (compiles the step): {compile_s:.1f} s", flush=True)
+                else:
+                    call_s += [(now - t_window) / pending] * pending
+                pending, t_window = 0, now
         if not done:
             break
-        loss = float(np.mean(np.concatenate(losses)))
+        losses, metrics = np.asarray(losses), np.asarray(metrics)
+        loss = float(np.mean(losses))
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss} at epoch {epoch + 1}; lower --lr")
         t_val = time.monotonic()
-        figures = steps.figures(steps.evaluate(tv, ntv, dev_val["x"], dev_val["y"], val_idx, val_valid))
+        figures = steps.validate(tv, ntv, dev_val["x"], dev_val["y"], val_idx, val_valid)
         val_s = time.monotonic() - t_val
         t_save = time.monotonic()
         for v, a in zip(model.trainable_variables, tv, strict=True):
@@ -609,7 +628,7 @@ def train(args: argparse.Namespace) -> dict:
             "epoch": epoch + 1,
             "steps": done,
             "loss": loss,
-            "metric": float(np.mean(np.concatenate(metrics))),
+            "metric": float(np.mean(metrics)),
             **figures,
             "lr": lr,
             "step_ms": step_ms,
@@ -745,20 +764,25 @@ def profile(args: argparse.Namespace) -> dict:
         report(f"new: whole array to the device once ({x.nbytes / 2**20:.1f} MiB)", 1e3 * (time.perf_counter() - t))
     if "aug" in parts:
         xb = jax.device_put(x[:b].astype(np.float32))
-        geo, inten = old.geometric_augmenter(1), old.intensity_augmenter(1)
-        first, steady = timed(jax.jit(lambda v: geo(v, training=True)), xb)
+
+        def stateless(layer):
+            """A jitted call of ``layer`` that threads its seed state (no leaked tracers), and that state."""
+            layer(xb[:1], training=True)
+            state = [v.value for v in layer.non_trainable_variables]
+            return jax.jit(lambda st, v: layer.stateless_call([], st, v, training=True)[0]), state
+
+        fn, state = stateless(old.geometric_augmenter(1))
+        first, steady = timed(fn, state, xb)
         report("old: Keras flip+rotate+zoom+shift in one jit, compile", 1e3 * first)
         report("old: Keras flip+rotate+zoom+shift in one jit, steady", 1e3 * steady)
         total = 0.0
-        for layer in list(geo.layers) + list(inten.layers):
-            _, steady = timed(jax.jit(lambda v, layer=layer: layer(v, training=True)), xb)
+        for layer in list(old.geometric_augmenter(1).layers) + list(old.intensity_augmenter(1).layers):
+            fn, state = stateless(layer)
+            _, steady = timed(fn, state, xb)
             total += steady
             report(f"old: {layer.name} alone, steady", 1e3 * steady)
-        report("old: the six layers alone, summed", 1e3 * total)
-        aug = _device_augmenter_class()(1, 0.15, 0.0)
-        aug(xb[:1])
-        state = [v.value for v in aug.non_trainable_variables]
-        fn = jax.jit(lambda st, v: aug.stateless_call([], st, v)[0])
+        report("old: the six layers one by one, summed", 1e3 * total)
+        fn, state = stateless(_device_augmenter_class()(1, 0.15, 0.0))
         first, steady = timed(fn, state, xb)
         report("new: device augmenter (all of it) in one jit, compile", 1e3 * first)
         report("new: device augmenter (all of it) in one jit, steady", 1e3 * steady)
@@ -837,7 +861,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         t.add_argument("--size", type=int, default=0, help="input side in pixels; 0 = the packed size (default: 0)")
         t.add_argument("--batch", type=int, default=32, help="batch size (default: %(default)s)")
         t.add_argument(
-            "--steps-per-call", type=int, default=8, help="steps in one compiled call (default: %(default)s)"
+            "--steps-per-call",
+            type=int,
+            default=1,
+            help="steps in one compiled call; above 1 they run in a jax.lax.scan (default: %(default)s)",
+        )
+        t.add_argument(
+            "--sync-every", type=int, default=10, help="calls between waits for the device (default: %(default)s)"
         )
         t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
         t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
@@ -852,6 +882,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
         t.add_argument(
             "--reserve-s", type=float, default=45, help="kept for the last validation and save (default: %(default)s)"
+        )
+        t.add_argument(
+            "--allow-cpu", action="store_true", help="train even where JAX sees no accelerator (default: refuse)"
         )
         t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint/ (default: off)")
         t.add_argument("--from-weights", default="", help="inner-network weights to start from (default: none)")
