@@ -223,9 +223,9 @@ class VolumeAnalysis:
 # probabilities (classifiers) or (N, S, S) tumour probabilities (segmenters;
 # (N, S, S, 1) is taken too). ``tumor.runtime.Network`` is one.
 Network = Callable[[np.ndarray], np.ndarray]
-ROUTES = ("all", "grey", "colour")
-TYPING_CLASSIFIER = "classifier"
-TYPING_FUSED = "classifier and outline location"  # which slices a segmenter sees (``tumor.weights.INPUT_ROUTES``)
+ROUTES = ("all", "grey", "colour")  # which slices a segmenter sees (``tumor.weights.INPUT_ROUTES``)
+TYPING_CLASSIFIER = "classifier"  # what chose the tumour type (``Analysis.typing``)
+TYPING_FUSED = "classifier and outline location"
 VOLUME_CHUNK = 8  # slices per batched call in ``analyze_volume``; the progress callback runs after each
 
 
