@@ -194,8 +194,9 @@ def test_calibrate_cli_writes_its_choice_into_a_copy_of_the_weights_folder(tmp_p
 
     wdir = tmp_path / "weights"
     wdir.mkdir()
-    for path in [*(ROOT / "weights").glob("*.weights.h5"), ROOT / "weights" / "manifest.json"]:
-        shutil.copy(path, wdir / path.name)  # every network of the ensemble
+    shipped = [*(ROOT / "weights").glob("*.weights.h5"), *(ROOT / "weights").glob("type_fusion.json")]
+    for path in [*shipped, ROOT / "weights" / "manifest.json"]:
+        shutil.copy(path, wdir / path.name)  # every network of the ensemble, and the type fusion
     manifest = _gallery_manifest(tmp_path)
     evaluate.main(["--manifest", str(manifest), "--weights", str(wdir), "--calibrate", "--flip-tta", "off"])
     written = json.loads((wdir / "manifest.json").read_text())
