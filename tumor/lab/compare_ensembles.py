@@ -389,7 +389,12 @@ def _parse_sets(specs: list[str], names: dict[str, str], flag: str, routed: bool
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", required=True, help="manifest CSV (default: none)")
+    parser.add_argument(
+        "--manifest",
+        action="append",
+        required=True,
+        help="manifest CSV; repeat for several, e.g. the BraTS FLAIR one too (default: none)",
+    )
     parser.add_argument(
         "--split", default="val", help="split to choose on, or 'all' for every row (default: %(default)s)"
     )
@@ -458,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         kind: {n: _entry(kind, n, p, registry.models[kind], size) for n, (p, size) in paths[kind].items()}
         for kind in KINDS
     }
-    df = data.read_manifest(args.manifest)
+    df = data.read_manifests(args.manifest)
     if args.split != "all":
         df = data.load_split(df)
         df = df[df["split"] == args.split]
@@ -512,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
             [nets["segmenter"][n] for n in grey_set] if grey_set else None,
         )
 
-    tag = f"{Path(args.manifest).stem}_{args.split}_n{len(df)}"
+    tag = f"{'+'.join(Path(m).stem for m in args.manifest)}_{args.split}_n{len(df)}"
     nets = outputs(df, tag)
     rows = []
     for c_set, (s_set, g_set) in itertools.product(sets["classifier"], sets["segmenter"]):
