@@ -39,3 +39,9 @@ def test_top_level_is_the_design_cards_layout():
     ignored = {"runs", "__pycache__"}
     assert tracked - ignored <= allowed, sorted(tracked - ignored - allowed)
     assert not (ROOT / "views").exists()
+
+
+@pytest.mark.parametrize(("name", "limit"), [("README.md", 10_000), ("weights/MODEL_CARD.md", 15_000)])
+def test_readme_and_model_card_stay_short(name, limit):
+    size = len((ROOT / name).read_bytes())
+    assert size <= limit, f"{name} is {size:,} bytes; issue 26 caps it at {limit:,}"
