@@ -73,7 +73,7 @@ AUG_ZOOM = 0.12
 AUG_SHIFT = 0.06
 AUG_CONTRAST = 0.3
 AUG_BRIGHTNESS = 0.15
-# Device limits this script is sized for (see /work/.library-style device notes in docs/gpu_training.md).
+# Device limits this script is sized for (docs/gpu_training.md).
 PACK_MAX_MIB = 48.0  # the working tree that travels is capped at 64 MiB, the code included
 EXPORT_PART_MIB = 15.0  # each file that comes back from the device is capped at 16 MiB
 BACKENDS = ("jax",)
