@@ -1,11 +1,21 @@
 """Load test: ``python -m tumor.lab.loadtest [--sessions 20] [--rounds 2]``.
 
 Starts ``streamlit run app.py`` on a free loopback port and drives it with N
-concurrent browser sessions (Playwright on Debian's Chromium, one context per
-session). Each session opens the Analyze page, and all of them upload at once a
-slice of their own (a gallery tumour slice with one pixel changed, so that no
-two sessions share the app's per-slice cache) and wait for the verdict. A
-second round does the same with fresh sessions and fresh slices.
+concurrent sessions. Each session opens the Analyze page, and all of them
+upload at once a slice of their own (a gallery tumour slice with one pixel
+changed, so that no two sessions share the app's per-slice cache) and wait for
+the verdict. A second round does the same with fresh sessions and fresh slices.
+
+Two clients (``--client``):
+
+- ``browser`` (default): Playwright on Debian's Chromium, one context per
+  session; the wait ends when the verdict is on the page. On one machine the
+  20 browsers share the server's cores, so this measures both.
+- ``protocol``: Streamlit's own protocol, as its front end speaks it, with no
+  browser: a websocket per session (``/_stcore/stream``, with the XSRF token),
+  the upload endpoint (``/_stcore/upload_file``), then a rerun carrying the
+  uploader's state; the wait ends when the verdict's element arrives. This
+  measures the server alone, as clients on other machines would see it.
 
 Prints, per round, how many sessions got their verdict and the median, 90th
 percentile and longest wait from upload to verdict, and the server's resident
@@ -21,6 +31,8 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import functools
+import http.cookies
 import io
 import os
 import re
@@ -31,6 +43,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-quic"]
 VERDICT = re.compile(r"(No tumour|Tumour) detected")
+XSRF_COOKIE = "_streamlit_xsrf"
 STARTUP_S = 300  # server start; the first load may build the compiled networks
 
 
@@ -129,8 +143,9 @@ def unique_png(slices: list[np.ndarray], k: int) -> bytes:
     return buffer.getvalue()
 
 
-async def _session(browser, url: str, data: bytes, name: str, gate: dict, timeout_ms: int) -> float | None:
-    """One session: open the page, wait until every session has, upload, and return seconds to the verdict."""
+async def _browser_session(browser, url: str, data: bytes, name: str, gate: dict, timeout_s: float) -> float | None:
+    """One browser session: open the page, wait until every session has, upload, return seconds to the verdict."""
+    timeout_ms = timeout_s * 1000
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
     counted = False
 
@@ -160,11 +175,134 @@ async def _session(browser, url: str, data: bytes, name: str, gate: dict, timeou
         await context.close()
 
 
-async def _round(browser, url: str, payloads: list[bytes], tag: str, timeout_ms: int) -> list[float | None]:
+def _xsrf_token(url: str) -> str:
+    """The XSRF cookie the server sets on its health endpoint ("" when XSRF protection is off)."""
+    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=30) as r:
+        cookie = http.cookies.SimpleCookie(r.headers.get("Set-Cookie", ""))
+    return cookie[XSRF_COOKIE].value if XSRF_COOKIE in cookie else ""
+
+
+def _put_file(url: str, upload_path: str, name: str, data: bytes, xsrf: str) -> None:
+    """Uploads one file as the front end does: a multipart PUT with the XSRF header and cookie."""
+    boundary = uuid.uuid4().hex
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+    body = (head + "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    if xsrf:
+        headers |= {"X-Xsrftoken": xsrf, "Cookie": f"{XSRF_COOKIE}={xsrf}"}
+    request = urllib.request.Request(f"{url}{upload_path}", data=body, headers=headers, method="PUT")
+    with urllib.request.urlopen(request, timeout=60) as r:
+        if r.status not in (200, 204):
+            raise RuntimeError(f"upload answered HTTP {r.status}")
+
+
+async def _protocol_session(url: str, data: bytes, name: str, gate: dict, timeout_s: float) -> float | None:
+    """One protocol session: open the page, wait for the others, upload, return seconds to the verdict."""
+    import websockets
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.Common_pb2 import FileURLs, UploadedFileInfo
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    counted = False
+
+    def arrive() -> None:
+        gate["ready"] += 1
+        if gate["ready"] == gate["n"]:
+            gate["start"].set()
+
+    async def until(ws, wanted):
+        """Reads messages until ``wanted(message)`` returns something; returns it."""
+        while True:
+            msg = ForwardMsg()
+            msg.ParseFromString(await ws.recv())
+            if (found := wanted(msg)) is not None:
+                return found
+
+    def rerun(widgets=()) -> bytes:
+        back = BackMsg()
+        back.rerun_script.query_string = ""
+        back.rerun_script.widget_states.widgets.extend(widgets)
+        return back.SerializeToString()
+
+    def verdict(msg):
+        if msg.WhichOneof("type") == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            element = msg.delta.new_element
+            if element.WhichOneof("type") == "markdown" and VERDICT.search(element.markdown.body):
+                return True
+        return None
+
+    seen: dict = {}
+
+    def page_ready(msg):  # the session id and the uploader's widget id, then the end of the first run
+        kind = msg.WhichOneof("type")
+        if kind == "new_session":
+            seen["session"] = msg.new_session.initialize.session_id
+        elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            if msg.delta.new_element.WhichOneof("type") == "file_uploader" and "uploader" not in seen:
+                seen["uploader"] = msg.delta.new_element.file_uploader.id
+        elif kind == "script_finished":
+            return True
+        return None
+
+    try:
+        xsrf = await asyncio.to_thread(_xsrf_token, url)
+        async with (
+            asyncio.timeout(timeout_s),
+            websockets.connect(
+                url.replace("http", "ws", 1) + "/_stcore/stream",
+                subprotocols=["streamlit", xsrf or "PLACEHOLDER"],
+                additional_headers={"Origin": url, **({"Cookie": f"{XSRF_COOKIE}={xsrf}"} if xsrf else {})},
+                max_size=None,
+            ) as ws,
+        ):
+            await ws.send(rerun())
+            await until(ws, page_ready)
+            if "uploader" not in seen:
+                raise RuntimeError("the page drew no file uploader")
+            counted = True
+            arrive()
+            await gate["start"].wait()
+            t0 = time.perf_counter()
+            ask = BackMsg()
+            ask.file_urls_request.request_id = name
+            ask.file_urls_request.file_names.append(name)
+            ask.file_urls_request.session_id = seen["session"]
+            await ws.send(ask.SerializeToString())
+            urls = await until(
+                ws,
+                lambda m: (
+                    m.file_urls_response.file_urls[0]
+                    if m.WhichOneof("type") == "file_urls_response" and m.file_urls_response.response_id == name
+                    else None
+                ),
+            )
+            await asyncio.to_thread(_put_file, url, urls.upload_url, name, data, xsrf)
+            state = WidgetState(id=seen["uploader"])
+            state.file_uploader_state_value.uploaded_file_info.append(
+                UploadedFileInfo(
+                    file_id=urls.file_id,
+                    name=name,
+                    size=len(data),
+                    file_urls=FileURLs(file_id=urls.file_id, upload_url=urls.upload_url, delete_url=urls.delete_url),
+                )
+            )
+            await ws.send(rerun([state]))
+            await until(ws, verdict)
+            return time.perf_counter() - t0
+    except Exception as err:  # a session that fails is counted, not fatal
+        print(f"  session {name} failed: {type(err).__name__}: {str(err)[:160]}", flush=True)
+        return None
+    finally:
+        if not counted:
+            arrive()
+
+
+async def _round(client, url: str, payloads: list[bytes], tag: str, timeout_s: float) -> list[float | None]:
     """Every session opens its page; once all have, all upload at once."""
     gate = {"ready": 0, "n": len(payloads), "start": asyncio.Event()}
     return await asyncio.gather(
-        *(_session(browser, url, data, f"{tag}_{k}.png", gate, timeout_ms) for k, data in enumerate(payloads))
+        *(client(url, data, f"{tag}_{k}.png", gate, timeout_s) for k, data in enumerate(payloads))
     )
 
 
@@ -184,32 +322,39 @@ def _load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
-async def _main(args: argparse.Namespace) -> None:
-    from playwright.async_api import async_playwright
-
+async def _rounds(client, url: str, pid: int, args: argparse.Namespace) -> None:
     slices = tumour_slices()
+    t0 = time.perf_counter()
+    (warm,) = await _round(client, url, [unique_png(slices, 10_000)], "warm", args.timeout)
+    print(
+        f"warm-up session (loads the models): {'failed' if warm is None else f'{warm:.1f} s'} to the "
+        f"verdict, {time.perf_counter() - t0:.1f} s with the page; RSS {_rss_mib(pid):7.0f} MiB",
+        flush=True,
+    )
+    for r in range(args.rounds):
+        payloads = [unique_png(slices, r * args.sessions + k) for k in range(args.sessions)]
+        print(f"round {r + 1}: {args.sessions} sessions  [{_load()}]", flush=True)
+        waits = await _round(client, url, payloads, f"r{r + 1}", args.timeout)
+        await asyncio.sleep(2.0)  # let the sessions' disconnects reach the server
+        print(f"  {_summary(waits)}; server RSS after the round {_rss_mib(pid):7.0f} MiB", flush=True)
+
+
+async def _main(args: argparse.Namespace) -> None:
     with streamlit_server() as (url, pid):
         peak = _Peak(pid)
         peak.start()
-        print(f"server {url} (pid {pid}); RSS before any session {_rss_mib(pid):7.0f} MiB", flush=True)
-        async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-            try:
-                t0 = time.perf_counter()
-                (warm,) = await _round(browser, url, [unique_png(slices, 10_000)], "warm", args.timeout * 1000)
-                print(
-                    f"warm-up session (loads the models): {'failed' if warm is None else f'{warm:.1f} s'} to the "
-                    f"verdict, {time.perf_counter() - t0:.1f} s with the page; RSS {_rss_mib(pid):7.0f} MiB",
-                    flush=True,
-                )
-                for r in range(args.rounds):
-                    payloads = [unique_png(slices, r * args.sessions + k) for k in range(args.sessions)]
-                    print(f"round {r + 1}: {args.sessions} sessions  [{_load()}]", flush=True)
-                    waits = await _round(browser, url, payloads, f"r{r + 1}", args.timeout * 1000)
-                    await asyncio.sleep(2.0)  # let the sessions' disconnects reach the server
-                    print(f"  {_summary(waits)}; server RSS after the round {_rss_mib(pid):7.0f} MiB", flush=True)
-            finally:
-                await browser.close()
+        print(f"server {url} (pid {pid}), {args.client} client; RSS before any session {_rss_mib(pid):7.0f} MiB")
+        if args.client == "protocol":
+            await _rounds(_protocol_session, url, pid, args)
+        else:
+            from playwright.async_api import async_playwright
+
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+                try:
+                    await _rounds(functools.partial(_browser_session, browser), url, pid, args)
+                finally:
+                    await browser.close()
         print(f"server peak RSS {peak.stop():7.0f} MiB  [{_load()}]")
 
 
@@ -218,11 +363,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=20, help="concurrent sessions per round (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of fresh sessions (default: %(default)s)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds a session may wait (default: %(default)s)")
+    parser.add_argument(
+        "--client",
+        choices=["browser", "protocol"],
+        default="browser",
+        help="Chromium pages, or Streamlit's websocket protocol without a browser (default: %(default)s)",
+    )
     parser.add_argument("--chromium", default=CHROMIUM, help="the browser to drive (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.rounds < 1:
         parser.error(f"--sessions and --rounds must be at least 1. Received: {args.sessions}, {args.rounds}")
-    if not Path(args.chromium).exists():
+    if args.client == "browser" and not Path(args.chromium).exists():
         parser.error(f"{args.chromium} is missing; install Chromium or pass --chromium PATH")
     asyncio.run(_main(args))
 
