@@ -26,7 +26,7 @@ BARS = {
     "figshare Dice per slice (mean)": ("segmentation", "figshare_slice_dice_mean", 0.75, "figshare_slice_dice_mean"),
     "Dice over all tumour slices (mean)": ("segmentation", "tumor_slice_dice_mean", None, None),
 }
-SOURCES = ("lgg_kaggle_3m", "figshare_cheng", "nickparvar_notumor", "navoneel_no")
+SOURCES = ("lgg_kaggle_3m", "figshare_cheng", "brats_flair", "nickparvar_notumor", "navoneel_no")
 
 
 def _fmt(value) -> str:
@@ -71,6 +71,12 @@ def _interval_words(confidence: dict | None) -> list[str]:
     ]
 
 
+def _manifest_args(metrics: dict) -> str:
+    """The ``--manifest`` options the figures came from (``metrics["manifest"]``: names joined by " + ")."""
+    names = [n.strip() for n in str(metrics.get("manifest") or "manifest.csv").split("+") if n.strip()]
+    return " ".join(f"--manifest ../shared/data/{n}" for n in names)
+
+
 def render(metrics: dict) -> str:
     """Markdown tables: headline figures against the bars, then per source."""
     lines = [
@@ -78,9 +84,8 @@ def render(metrics: dict) -> str:
         f"(model {metrics.get('model_version', '?')}; tumour threshold "
         f"{metrics['detection']['threshold']}, mask threshold {metrics['segmentation']['mask_threshold']}"
         f"{_component_words(metrics['segmentation'].get('min_component_fraction', 0.0))}, "
-        "all chosen on the validation split). Command: "
-        "`python -m tumor.lab.evaluate --manifest ../shared/data/manifest.csv --split test "
-        "--out weights/metrics.json`.",
+        f"all chosen on the validation split). Command: `python -m tumor.lab.evaluate {_manifest_args(metrics)} "
+        "--split test --out weights/metrics.json`.",
         "",
         "| metric | test | 95% interval | bar | met |",
         "|---|---|---|---|---|",
