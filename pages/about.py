@@ -21,7 +21,11 @@ data make of it:
 Each may be a small ensemble: the shipped weights list the networks whose
 outputs are averaged, and may send greyscale slices and multi-sequence colour
 composites to different segmenters (the **Model card** page says which; the
-outline's caption says which route a slice took).
+outline's caption says which route a slice took). On a greyscale slice the
+segmenter also runs before the verdict: from 1.10.0, P(tumour) there weighs the
+classifier's probability with how strongly the outline marks a tumour, which
+finds more FLAIR tumours at the cost of a few more false alarms on healthy
+greyscale slices (the **Model card** gives the figures).
 
 **What the tumour type usually implies.** Gliomas are malignant brain tumours;
 meningiomas are usually benign (mostly WHO grade 1); pituitary adenomas are

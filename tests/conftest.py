@@ -127,6 +127,7 @@ class FakeAnalysis:
     weights_sha256: dict = field(default_factory=lambda: {"fake.weights.h5": "ab" * 32})
     segmenter_route: str | None = None
     outline_requested: bool = False
+    detection: str = "classifier"
 
     def mask(self, threshold: float | None = None) -> np.ndarray:
         if self.prob_map is None:

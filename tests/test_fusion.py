@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from tumor.errors import WeightsError
-from tumor.fusion import FEATURE_NAMES, TYPE_NAMES, TypeFusion, location_features
+from tumor.fusion import (
+    DETECTION_FEATURES,
+    FEATURE_NAMES,
+    TYPE_NAMES,
+    DetectionFusion,
+    TypeFusion,
+    detection_features,
+    location_features,
+)
+from tumor.lab import detect_fusion as lab_detect
 from tumor.lab import fusion as lab_fusion
 from tumor.measure import brain_mask
 
@@ -143,3 +155,56 @@ def test_folds_keep_patients_together_and_cut_figshare_into_contiguous_blocks_wi
     assert [by_number[n] for n in range(6, 11)] == [0, 1, 2, 3, 4]  # pituitary 6-10: every fold has both types
     lgg = fold[10:]
     assert lgg[0] == lgg[1] and lgg[2] == lgg[3] and lgg[4] == lgg[5]
+
+
+# --- segmentation-guided detection ----------------------------------------------------
+
+
+def test_detection_features_on_a_hand_built_map():
+    m = np.zeros((10, 10))
+    m[0, :5] = 0.8  # 5 pixels at 0.8: 5% of the slice at or above 0.5
+    m[1, :5] = 0.02  # under the floor: background
+    f = detection_features(0.2, m)
+    assert f.tolist() == pytest.approx([np.log(0.25), 0.8, np.log(0.04 + 1e-4), np.log(0.05 + 1e-4)])
+    assert detection_features(0.0, np.zeros((4, 4)))[0] == pytest.approx(np.log(1e-4 / (1 - 1e-4)))
+    with pytest.raises(ValueError, match=r"shape \(H, W\)"):
+        detection_features(0.5, np.zeros((2, 2, 3)))
+
+
+def test_detection_fusion_json_round_trip_and_refusals():
+    f = len(DETECTION_FEATURES)
+    fusion = DetectionFusion(mean=np.arange(f), scale=np.ones(f), coef=np.array([1.0, 2.0, 0.0, 0.0]), intercept=-1.0)
+    back = DetectionFusion.from_json(fusion.to_json())
+    x = np.array([1.0, 1.5, 7.0, -3.0])  # standardised: [1, 0.5, 5, -6]
+    assert back.p_tumor(x) == pytest.approx(fusion.p_tumor(x)) == pytest.approx(1 / (1 + np.exp(-(1 + 1 - 1))))
+    doc = json.loads(fusion.to_json())
+    doc["features"] = doc["features"][::-1]
+    with pytest.raises(WeightsError, match="do not match this code"):
+        DetectionFusion.from_json(json.dumps(doc))
+    with pytest.raises(ValueError, match="positive scales"):
+        DetectionFusion(mean=np.zeros(f), scale=np.zeros(f), coef=np.zeros(f), intercept=0.0)
+
+
+def test_detect_fusion_threshold_keeps_the_specificity_floor():
+    pool = pd.DataFrame(
+        {"label": ["glioma"] * 4 + ["no_tumor"] * 4, "p_tumor": [0.9, 0.8, 0.6, 0.3, 0.7, 0.2, 0.1, 0.05]}
+    )
+    healthy = np.array([0.7, 0.2, 0.1, 0.05])
+    # Youden's J is largest at 0.3 (every tumour, and the healthy 0.7, at or over it): allowed by a floor of 0.75.
+    assert lab_detect.threshold_within_specificity(pool, healthy, 0.75) == pytest.approx(0.3)
+    # A floor of 1.0 needs every healthy row under the threshold: the best J above 0.7 is at 0.8.
+    assert lab_detect.threshold_within_specificity(pool, healthy, 1.0) == pytest.approx(0.8)
+
+
+def test_detect_fusion_crossfit_never_scores_a_row_with_a_regression_that_saw_it():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4))
+    y = x[:, 0] > 0
+    fold = np.arange(40) % 4
+    p = lab_detect.crossfit_probabilities(x, y, fold)
+    flipped = y.copy()
+    flipped[fold == 0] = ~flipped[fold == 0]  # other labels in fold 0 change only fold 0's own fit's data
+    q = lab_detect.crossfit_probabilities(x, flipped, fold)
+    assert np.allclose(p[fold == 0], q[fold == 0])
+    assert not np.allclose(p[fold != 0], q[fold != 0])
+    assert ((p > 0.5) == y).mean() > 0.9

@@ -254,6 +254,52 @@ def test_type_fusion_retypes_positive_slices_only_and_keeps_p_tumour():
     assert fused.with_settings(tumor_threshold=0.3).type_fusion is fused.type_fusion
 
 
+def _map_max_fusion():
+    """A detection fusion that reads P(tumour) from the map's peak alone: sigmoid(10 * max - 5)."""
+    from tumor.fusion import DETECTION_FEATURES, DetectionFusion
+
+    f = len(DETECTION_FEATURES)
+    return DetectionFusion(mean=np.zeros(f), scale=np.ones(f), coef=np.array([0.0, 10.0, 0.0, 0.0]), intercept=-5.0)
+
+
+class EmptySegmenter(StubSegmenter):
+    def __call__(self, x):
+        return 0.0 * super().__call__(x)
+
+
+def _colour(img):
+    img = img.copy()
+    img[..., 0] //= 2  # channels differ: a colour composite
+    return img
+
+
+def test_detection_fusion_decides_greyscale_slices_from_the_outline_and_leaves_colour_slices_alone():
+    low = (0.9, 0.05, 0.03, 0.02)  # the classifier alone: P(tumour) 0.1, negative
+    pipe = _make(StubClassifier(low), StubSegmenter(), tumor_threshold=0.5)
+    fused = Pipeline(pipe.classifiers, pipe.segmenters, pipe.settings, detect_fusion=_map_max_fusion())
+    a = fused.analyze(_slice())
+    assert _calls(fused) == (1, 1), "the greyscale map is computed once and kept for the positive slice"
+    peak = 1.0 / (1.0 + np.exp(-(10.0 * a.prob_map.max() - 5.0)))
+    assert a.tumor_detected and a.p_tumor == pytest.approx(peak, abs=1e-6) and a.prob_map is not None
+    assert a.detection == "classifier and greyscale outline" and a.report()["model"]["detection"] == a.detection
+    assert sum(a.probabilities.values()) == pytest.approx(1.0)
+    assert a.probabilities["glioma"] / a.probabilities["meningioma"] == pytest.approx(0.05 / 0.03)
+    colour = fused.analyze(_colour(_slice()))
+    assert _calls(fused) == (2, 1), "a colour slice the classifier calls negative is not segmented"
+    assert not colour.tumor_detected and colour.p_tumor == pytest.approx(0.1) and colour.detection == "classifier"
+    assert pipe.analyze(_slice()).detection == "classifier" and not pipe.analyze(_slice()).tumor_detected
+
+
+def test_a_greyscale_slice_the_fusion_calls_negative_shows_no_outline():
+    pipe = _make(StubClassifier((0.6, 0.3, 0.05, 0.05)), EmptySegmenter(), tumor_threshold=0.35)
+    fused = Pipeline(pipe.classifiers, pipe.segmenters, pipe.settings, detect_fusion=_map_max_fusion())
+    a = fused.analyze(_slice())
+    assert pipe.analyze(_slice()).tumor_detected, "the classifier alone would call it positive"
+    assert not a.tumor_detected and a.prob_map is None and a.predicted_class == "no_tumor"
+    assert a.p_tumor == pytest.approx(1.0 / (1.0 + np.exp(5.0)), abs=1e-6)
+    assert fused.with_settings(tumor_threshold=0.3).detect_fusion is fused.detect_fusion
+
+
 # --- weights registry ------------------------------------------------------------------
 
 
@@ -315,6 +361,22 @@ def test_a_tampered_type_fusion_file_is_refused_before_anything_loads(tmp_path):
         Pipeline.from_weights_dir(d)
 
 
+def test_a_tampered_detection_fusion_file_is_refused_before_anything_loads(tmp_path):
+    d = _fake_weights_dir(tmp_path)
+    (d / "detect_fusion.json").write_text(_map_max_fusion().to_json())
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["detect_fusion"] = {
+        "file": "detect_fusion.json",
+        "sha256": weights_lib.sha256_file(d / "detect_fusion.json"),
+    }
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    weights_lib.verify(weights_lib.read_registry(d).detect_fusion)
+    with open(d / "detect_fusion.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(WeightsError, match=r"detection fusion .*does not match its pinned hash"):
+        Pipeline.from_weights_dir(d)
+
+
 def test_malformed_manifest_is_refused(tmp_path):
     d = _fake_weights_dir(tmp_path)
     (d / "manifest.json").write_text(json.dumps({"version": "x"}))
@@ -330,6 +392,8 @@ def test_shipped_weights_match_their_manifest():
         assert entry.path.stat().st_size < 100 * 1024 * 1024
     if reg.type_fusion is not None:
         weights_lib.verify(reg.type_fusion)
+    if reg.detect_fusion is not None:
+        weights_lib.verify(reg.detect_fusion)
 
 
 @needs_weights
@@ -445,7 +509,15 @@ def test_settings_are_frozen_and_the_pipeline_holds_each_once():
     pipe = _pipeline((0.1, 0.8, 0.05, 0.05))
     with pytest.raises(AttributeError):
         pipe.settings.tumor_threshold = 0.0  # type: ignore[misc]
-    assert set(vars(pipe)) == {"classifiers", "segmenters", "settings", "metrics", "weights_dir", "type_fusion"}
+    assert set(vars(pipe)) == {
+        "classifiers",
+        "segmenters",
+        "settings",
+        "metrics",
+        "weights_dir",
+        "type_fusion",
+        "detect_fusion",
+    }
     lowered = pipe.with_settings(tumor_threshold=0.0)
     assert (pipe.tumor_threshold, lowered.tumor_threshold) == (0.5, 0.0)
     assert lowered.classifiers is pipe.classifiers and lowered.segmenters is pipe.segmenters

@@ -194,9 +194,9 @@ def test_calibrate_cli_writes_its_choice_into_a_copy_of_the_weights_folder(tmp_p
 
     wdir = tmp_path / "weights"
     wdir.mkdir()
-    shipped = [*(ROOT / "weights").glob("*.weights.h5"), *(ROOT / "weights").glob("type_fusion.json")]
+    shipped = [*(ROOT / "weights").glob("*.weights.h5"), *(ROOT / "weights").glob("*_fusion.json")]
     for path in [*shipped, ROOT / "weights" / "manifest.json"]:
-        shutil.copy(path, wdir / path.name)  # every network of the ensemble, and the type fusion
+        shutil.copy(path, wdir / path.name)  # every network of the ensemble, and the fusions
     manifest = _gallery_manifest(tmp_path)
     evaluate.main(["--manifest", str(manifest), "--weights", str(wdir), "--calibrate", "--flip-tta", "off"])
     written = json.loads((wdir / "manifest.json").read_text())
@@ -614,3 +614,31 @@ def test_outline_on_request_figures_score_only_the_missed_tumour_slices(tmp_path
     assert figures["dice_mean"] == pytest.approx(2 / 3)
     assert set(figures["per_source"]) == {"lgg_kaggle_3m", "figshare_cheng"}
     assert figures["per_source"]["figshare_cheng"]["n_missed_tumour_slices"] == 1
+
+
+def test_card_names_the_manifests_the_figures_came_from_and_lists_brats_per_source():
+    from tumor.lab import card
+
+    figures = {
+        "n_slices": 4,
+        "detection": {"threshold": 0.5, "auc": 0.9, "sensitivity": 1.0, "specificity": 0.5},
+        "type": {"accuracy": 1.0},
+        "segmentation": {"mask_threshold": 0.5, "lgg_patient_dice_mean": 0.8, "figshare_slice_dice_mean": 0.7},
+    }
+    brats = {
+        "n_slices": 4,
+        "n_tumor": 2,
+        "n_no_tumor": 2,
+        "detection": {"auc": 0.75, "sensitivity": 0.5, "specificity": 1.0},
+        "type": {"accuracy": 0.5},
+        "segmentation": {"tumor_slice_dice_mean": 0.4},
+    }
+    text = card.render(
+        {**figures, "manifest": "manifest.csv + manifest_brats_flair.csv", "per_source": {"brats_flair": brats}}
+    )
+    assert (
+        "`python -m tumor.lab.evaluate --manifest ../shared/data/manifest.csv "
+        "--manifest ../shared/data/manifest_brats_flair.csv --split test" in text
+    )
+    assert "| brats_flair | 4 | 2 / 2 | 0.750 |" in text
+    assert "--manifest ../shared/data/manifest.csv --split test" in card.render(figures)

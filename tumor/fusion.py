@@ -1,10 +1,13 @@
-"""Segmentation-guided typing: where the outline lies, fused with the classifier's type probabilities.
+"""Segmentation-guided typing and detection: where and how strongly the outline lies, fused with the classifiers.
 
 Location tells the tumour types apart: pituitary adenomas sit at the sella,
 meningiomas are extra-axial (against the skull or the falx), gliomas are
 intra-axial. ``location_features`` turns the segmenter's probability map into a
 few numbers of position, extent and intensity; ``TypeFusion`` is a multinomial
 logistic regression over those and the classifier's log type probabilities.
+On greyscale slices ``DetectionFusion`` gives P(tumour) from the classifiers'
+P(tumour) and how strongly the greyscale segmenters' map marks a tumour
+(``detection_features``; rule 1.10.0 b in ``docs/experiments.md``).
 
 Data contract: ``rgb`` is the analysed RGB uint8 slice (H, W, 3), ``prob_map``
 the float32 (H, W) tumour probability in [0, 1] at the same resolution,
@@ -172,6 +175,114 @@ class TypeFusion:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TypeFusion:
+        """``from_json`` on a file (the caller verifies its sha256 first)."""
+        path = Path(path)
+        return cls.from_json(path.read_text(), source=path.name)
+
+
+# --- segmentation-guided detection (greyscale slices) --------------------------------
+
+DETECTION_FEATURES: tuple[str, ...] = ("logit_p_tumor", "map_max", "log_map_mean", "log_share_half")
+DETECTION_MAP_FLOOR = 0.05  # map values under this count as background in log_map_mean
+DETECTION_EPS = 1e-4
+
+
+def detection_features(p_tumor: float, prob_map: np.ndarray) -> np.ndarray:
+    """The detection fusion's inputs for one slice, float64 in ``DETECTION_FEATURES`` order.
+
+    Args:
+        p_tumor: the classifiers' P(tumour).
+        prob_map: the greyscale segmenters' tumour probability (H, W) in [0, 1].
+    """
+    p = float(np.clip(p_tumor, DETECTION_EPS, 1 - DETECTION_EPS))
+    m = np.asarray(prob_map, dtype=np.float64)
+    if m.ndim != 2 or not m.size:
+        raise ValueError(f"Expected a tumour map of shape (H, W). Received: shape={m.shape}")
+    return np.array(
+        [
+            np.log(p / (1 - p)),
+            m.max(),
+            np.log(np.where(m >= DETECTION_MAP_FLOOR, m, 0.0).mean() + DETECTION_EPS),
+            np.log((m >= 0.5).mean() + DETECTION_EPS),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class DetectionFusion:
+    """P(tumour) of a greyscale slice from the classifiers' P(tumour) and the greyscale segmenters' map.
+
+    A logistic regression over standardised ``detection_features``. Its
+    intercept is shifted so that the greyscale threshold chosen on validation
+    falls on the shipped tumour threshold: the app's one threshold then applies
+    to every slice, and P(tumour) reads on one scale.
+
+    Attributes:
+        mean: (F,) feature means used for standardising.
+        scale: (F,) feature scales (never 0).
+        coef: (F,) coefficients.
+        intercept: the shifted intercept.
+        fitted_on: what the coefficients were fitted on, in words.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        f = len(DETECTION_FEATURES)
+        for name in ("mean", "scale", "coef"):
+            value = np.asarray(getattr(self, name), dtype=np.float64)
+            if value.shape != (f,) or not np.all(np.isfinite(value)):
+                raise ValueError(f"DetectionFusion.{name} must be a finite array of shape ({f},). Received: {value!r}")
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+        if np.any(self.scale <= 0) or not np.isfinite(self.intercept):
+            raise ValueError(f"DetectionFusion needs positive scales and a finite intercept. Received: {self!r}")
+        object.__setattr__(self, "intercept", float(self.intercept))
+
+    def p_tumor(self, features: np.ndarray) -> float:
+        """P(tumour) for one slice's (F,) ``detection_features``."""
+        z = float(((np.asarray(features, dtype=np.float64) - self.mean) / self.scale) @ self.coef + self.intercept)
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0))))
+
+    def to_json(self) -> str:
+        """The coefficients as JSON (``from_json`` reads it back)."""
+        doc = {
+            "features": list(DETECTION_FEATURES),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "fitted_on": self.fitted_on,
+        }
+        return json.dumps(doc, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "the detection fusion file") -> DetectionFusion:
+        """Reads ``to_json``'s output; a file for other features is refused.
+
+        Raises:
+            WeightsError: the JSON is unreadable or does not fit this code.
+        """
+        try:
+            doc = json.loads(text)
+            if doc["features"] != list(DETECTION_FEATURES):
+                raise ValueError(f"features {doc['features']} do not match this code")
+            return cls(
+                mean=np.array(doc["mean"]),
+                scale=np.array(doc["scale"]),
+                coef=np.array(doc["coef"]),
+                intercept=float(doc["intercept"]),
+                fitted_on=str(doc.get("fitted_on", "")),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise WeightsError(f"{source} could not be read as a detection fusion: {err}") from err
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DetectionFusion:
         """``from_json`` on a file (the caller verifies its sha256 first)."""
         path = Path(path)
         return cls.from_json(path.read_text(), source=path.name)

@@ -24,7 +24,7 @@ import numpy as np
 
 from tumor import measure as measure_lib
 from tumor import overlay as overlay_lib
-from tumor.fusion import TypeFusion, location_features
+from tumor.fusion import DetectionFusion, TypeFusion, detection_features, location_features
 from tumor.preprocess import CLASS_NAMES, INTENSITY_MODES, from_model_square, scale_intensity, to_model_square
 
 # What each predicted class usually implies. Worded as a reading of the tumour
@@ -101,6 +101,10 @@ class Analysis:
         typing: what chose the tumour type: ``TYPING_CLASSIFIER``, or
             ``TYPING_FUSED`` when the type probabilities were fused with where
             the outline lies (``tumor.fusion``; positive slices only).
+        detection: what gave P(tumour): ``DETECTION_CLASSIFIER``, or
+            ``DETECTION_FUSED`` on a greyscale slice when the weights ship a
+            detection fusion (the greyscale segmenters then run on it whatever
+            the verdict; their map is kept only when the slice is positive).
     """
 
     image: np.ndarray = field(repr=False)
@@ -121,6 +125,7 @@ class Analysis:
     segmenter_route: str | None = None
     outline_requested: bool = False
     typing: str = "classifier"
+    detection: str = "classifier"
 
     @property
     def display_name(self) -> str:
@@ -181,6 +186,7 @@ class Analysis:
             segmenter_route=self.segmenter_route,
             outline_requested=self.outline_requested,
             typing=self.typing,
+            detection=self.detection,
         )
 
     def pdf(
@@ -226,6 +232,8 @@ Network = Callable[[np.ndarray], np.ndarray]
 ROUTES = ("all", "grey", "colour")  # which slices a segmenter sees (``tumor.weights.INPUT_ROUTES``)
 TYPING_CLASSIFIER = "classifier"  # what chose the tumour type (``Analysis.typing``)
 TYPING_FUSED = "classifier and outline location"
+DETECTION_CLASSIFIER = "classifier"  # what gave P(tumour) (``Analysis.detection``)
+DETECTION_FUSED = "classifier and greyscale outline"
 VOLUME_CHUNK = 8  # slices per batched call in ``analyze_volume``; the progress callback runs after each
 
 
@@ -328,6 +336,10 @@ class Pipeline:
         type_fusion: segmentation-guided typing (``tumor.fusion.TypeFusion``):
             on positive slices the type probabilities are fused with where the
             outline lies; None keeps the classifiers' typing.
+        detect_fusion: segmentation-guided detection
+            (``tumor.fusion.DetectionFusion``): on greyscale slices P(tumour)
+            is fused with the greyscale segmenters' map; None keeps the
+            classifiers' P(tumour) everywhere.
     """
 
     def __init__(
@@ -339,6 +351,7 @@ class Pipeline:
         metrics: dict | None = None,
         weights_dir: str | Path | None = None,
         type_fusion: TypeFusion | None = None,
+        detect_fusion: DetectionFusion | None = None,
     ):
         self.classifiers = tuple(classifiers)
         self.segmenters = tuple(segmenters)
@@ -363,6 +376,7 @@ class Pipeline:
         self.metrics = metrics
         self.weights_dir = Path(weights_dir) if weights_dir is not None else None
         self.type_fusion = type_fusion
+        self.detect_fusion = detect_fusion
 
     @classmethod
     def from_weights_dir(
@@ -399,6 +413,10 @@ class Pipeline:
         if registry.type_fusion is not None:
             weights_lib.verify(registry.type_fusion)
             type_fusion = TypeFusion.from_file(registry.type_fusion.path)
+        detect_fusion = None
+        if registry.detect_fusion is not None:
+            weights_lib.verify(registry.detect_fusion)
+            detect_fusion = DetectionFusion.from_file(registry.detect_fusion.path)
         groups: dict[tuple, list] = {}
         for entry in registry.models.values():
             groups.setdefault((entry.kind, entry.inputs, entry.input_size), []).append(entry)
@@ -426,6 +444,7 @@ class Pipeline:
             metrics=weights_lib.read_metrics(weights_dir),
             weights_dir=weights_dir,
             type_fusion=type_fusion,
+            detect_fusion=detect_fusion,
         )
 
     def with_settings(self, **changes) -> Pipeline:
@@ -437,6 +456,7 @@ class Pipeline:
             metrics=self.metrics,
             weights_dir=self.weights_dir,
             type_fusion=self.type_fusion,
+            detect_fusion=self.detect_fusion,
         )
 
     # The settings, read through: the pipeline holds each of them once.
@@ -588,11 +608,27 @@ class Pipeline:
         if not rgbs:
             return []
         probs = self.classify_batch(rgbs)
+        kinds = ["grey" if is_grey(rgb) else "colour" for rgb in rgbs]
+        maps: dict[int, np.ndarray] = {}
+        fused = [self.detect_fusion is not None and kind == "grey" for kind in kinds]
+        if any(fused):
+            # Segmentation-guided detection: the greyscale segmenters run on every greyscale slice, and
+            # P(tumour) there comes from the classifiers and their map; the types keep their proportions.
+            grey = [k for k, f in enumerate(fused) if f]
+            maps = dict(zip(grey, self.segment_batch([rgbs[k] for k in grey], ["grey"] * len(grey)), strict=True))
+            for k in grey:
+                p_tumor = self.detect_fusion.p_tumor(detection_features(1.0 - probs[k][0], maps[k]))
+                types = np.clip(probs[k][1:], 1e-12, None)
+                probs[k][1:] = p_tumor * types / types.sum()
+                probs[k][0] = 1.0 - p_tumor
         detected = [float(1.0 - p[0]) >= self.tumor_threshold for p in probs]
         positive = [k for k, d in enumerate(detected) if d]
-        routes = {k: "grey" if is_grey(rgbs[k]) else "colour" for k in positive}
-        maps = self.segment_batch([rgbs[k] for k in positive], [routes[k] for k in positive])
-        maps = dict(zip(positive, maps, strict=True))
+        routes = {k: kinds[k] for k in positive}
+        missing = [k for k in positive if k not in maps]
+        maps |= dict(
+            zip(missing, self.segment_batch([rgbs[k] for k in missing], [kinds[k] for k in missing]), strict=True)
+        )
+        maps = {k: maps[k] for k in positive}  # a negative slice shows no outline unless the user asks for one
         if self.type_fusion is not None:
             for k in positive:
                 # P(type) = P(tumour) x P(type | tumour, where the outline lies); P(no tumour) is unchanged.
@@ -628,6 +664,7 @@ class Pipeline:
                     weights_sha256=hashes,
                     segmenter_route=routes.get(k) if self.routes_segmenters else None,
                     typing=typing if detected[k] else TYPING_CLASSIFIER,
+                    detection=DETECTION_FUSED if fused[k] else DETECTION_CLASSIFIER,
                 )
             )
         return out

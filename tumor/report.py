@@ -57,6 +57,7 @@ def report_dict(
     segmenter_route: str | None = None,
     outline_requested: bool = False,
     typing: str = "classifier",
+    detection: str = "classifier",
 ) -> dict:
     """Gathers one analysis into a JSON-serialisable report.
 
@@ -77,6 +78,7 @@ def report_dict(
         outline_requested: the classifier found no tumour and the user asked
             for the outline anyway; ``prediction.outline`` then says so.
         typing: what chose the tumour type (``tumor.pipeline.Analysis.typing``).
+        detection: what gave P(tumour) (``tumor.pipeline.Analysis.detection``).
 
     Returns:
         A dict of str, float, int, None, lists and dicts only, with keys
@@ -106,6 +108,7 @@ def report_dict(
             "weights_sha256": {_short(k): _short(v, 64) for k, v in weights_sha256.items()},
             **({"segmenter_route": _short(segmenter_route)} if segmenter_route else {}),
             "typing": _short(typing),
+            "detection": _short(detection),
         },
         "scan": {k: _short(scan_meta[k]) for k in SAFE_META_KEYS if k in scan_meta},
     }

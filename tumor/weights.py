@@ -95,6 +95,9 @@ class Registry:
             may run in (``inference_precisions``; ``("f32",)`` if absent).
         type_fusion: the segmentation-guided typing file (``tumor.fusion``),
             None when the manifest ships none (typing is then the classifiers').
+        detect_fusion: the greyscale detection fusion file
+            (``tumor.fusion.DetectionFusion``), None when the manifest ships
+            none (P(tumour) is then the classifiers' on every slice).
     """
 
     version: str
@@ -106,6 +109,7 @@ class Registry:
     min_component_fraction: float = 0.0
     precisions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     type_fusion: FileEntry | None = None
+    detect_fusion: FileEntry | None = None
 
     def members(self, kind: str) -> list[ModelEntry]:
         """The models of ``kind`` whose outputs the pipeline averages, the one named ``kind`` first."""
@@ -119,6 +123,13 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _file_entry(raw: dict, key: str, kind: str, weights_dir: Path) -> FileEntry | None:
+    """The manifest's ``key`` entry (``file``, ``sha256``) as a ``FileEntry`` in ``weights_dir``; None if absent."""
+    if not raw.get(key):
+        return None
+    return FileEntry(kind=kind, path=weights_dir / Path(raw[key]["file"]).name, sha256=str(raw[key]["sha256"]).lower())
 
 
 def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
@@ -165,15 +176,8 @@ def read_registry(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Registry:
                 kind: tuple(str(p) for p in raw.get("inference_precisions", {}).get(kind, ["f32"]))
                 for kind in MODEL_KINDS
             },
-            type_fusion=(
-                FileEntry(
-                    kind="type fusion",
-                    path=weights_dir / Path(raw["type_fusion"]["file"]).name,
-                    sha256=str(raw["type_fusion"]["sha256"]).lower(),
-                )
-                if raw.get("type_fusion")
-                else None
-            ),
+            type_fusion=_file_entry(raw, "type_fusion", "type fusion", weights_dir),
+            detect_fusion=_file_entry(raw, "detect_fusion", "detection fusion", weights_dir),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise WeightsError(

@@ -561,7 +561,14 @@ def render_verdict(analysis) -> None:
     else:
         st.markdown("### :green[No tumour detected]")
     a, b = st.columns(2)
-    a.metric("P(tumour)", f"{p:.1%}")
+    a.metric(
+        "P(tumour)",
+        f"{p:.1%}",
+        help="On a greyscale slice, from the classifiers and how strongly the greyscale segmenters mark a tumour "
+        "(segmentation-guided detection); on a colour composite, from the classifiers alone."
+        if analysis.detection != "classifier"
+        else None,
+    )
     b.metric(
         "Most likely type",
         label(analysis.tumor_type) if analysis.tumor_detected else "—",

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_curve
 
+from tumor import fusion as fusion_lib
 from tumor import weights as weights_lib
 from tumor.lab import data
 from tumor.lab.compare_ensembles import combine, network_outputs, split_threshold_figures
@@ -40,11 +42,10 @@ from tumor.lab.evaluate import LGG, detection_threshold, flair_only
 from tumor.lab.fusion import folds
 
 # The rule and the fit, fixed before the first figure (docs/experiments.md, 1.10.0 a).
-FEATURES = ("logit_p_tumor", "map_max", "log_map_mean", "log_share_half")
-MAP_FLOOR = 0.05  # map values under this count as background in log_map_mean
-EPS = 1e-4
+FEATURES = fusion_lib.DETECTION_FEATURES
 C = 1.0
 N_FOLDS = 5
+TOLERANCE = 1e-9  # float slack in the rule's comparisons of count ratios
 MIN_FLAIR_SENSITIVITY_GAIN = 0.05
 MAX_GREY_SPECIFICITY_DROP = 0.01
 MAX_SCORE_DROP = 0.002
@@ -54,16 +55,8 @@ GREY_SEGMENTERS = ("segmenter_3", "segmenter_4")
 
 
 def detection_features(p_tumor: np.ndarray, maps: list[np.ndarray]) -> np.ndarray:
-    """``FEATURES`` of each row: (N,) classifier P(tumour) and N maps in [0, 1] -> (N, 4) float64."""
-    p = np.clip(np.asarray(p_tumor, dtype=np.float64), EPS, 1 - EPS)
-    out = np.zeros((len(p), len(FEATURES)))
-    out[:, 0] = np.log(p / (1 - p))
-    for i, m in enumerate(maps):
-        m = np.asarray(m, dtype=np.float64)
-        out[i, 1] = m.max() if m.size else 0.0
-        out[i, 2] = np.log(np.where(m >= MAP_FLOOR, m, 0.0).mean() + EPS)
-        out[i, 3] = np.log((m >= 0.5).mean() + EPS)
-    return out
+    """``tumor.fusion.detection_features`` of each row: (N,) P(tumour) and N maps -> (N, F) float64."""
+    return np.stack([fusion_lib.detection_features(p, m) for p, m in zip(p_tumor, maps, strict=True)])
 
 
 def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, LogisticRegression]:
@@ -84,16 +77,63 @@ def crossfit_probabilities(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np
     return out
 
 
+def threshold_within_specificity(pool: pd.DataFrame, healthy_grey_p: np.ndarray, min_specificity: float) -> float:
+    """Rule 1.10.0 b: the largest Youden's J on ``pool`` among thresholds that keep a specificity floor.
+
+    ``healthy_grey_p`` holds P(tumour) of the validation greyscale tumour-free
+    rows; a threshold qualifies when at least ``min_specificity`` of them stay
+    under it. Rounded up to 4 decimals (rounding down could let one of those
+    rows pass and break the floor), within 0.05-0.95.
+    """
+    y = (pool["label"] != "no_tumor").to_numpy()
+    fpr, tpr, thr = roc_curve(y, pool["p_tumor"].to_numpy(dtype=float))
+    thr = np.clip(np.ceil(np.minimum(thr, 1.0) * 1e4) / 1e4, 0.05, 0.95)
+    spec = np.array([(healthy_grey_p < t).mean() for t in thr])
+    j = np.where(spec >= min_specificity, tpr - fpr, -np.inf)
+    if not np.isfinite(j).any():
+        return 0.95
+    return float(thr[int(np.argmax(j))])
+
+
+def _at_least(value: float, bound: float) -> bool:
+    """``value >= bound`` for figures that are ratios of slice counts: 166/200 - 156/200 is 0.05, not 0.0499..."""
+    return value >= bound - TOLERANCE
+
+
+def pool_rows(res: pd.DataFrame, stress: pd.DataFrame) -> pd.DataFrame:
+    """The rows the regression is fitted on: the greyscale rows as acquired, then the FLAIR-only LGG rows."""
+    return pd.concat([res[res["grey"].to_numpy(bool)], stress], ignore_index=True)
+
+
+def shipped_fusion(pool: pd.DataFrame, grey_threshold: float, tumor_threshold: float, fitted_on: str):
+    """The shipped fusion: fitted on every pool row, intercept shifted so ``grey_threshold`` is ``tumor_threshold``."""
+    x = detection_features(pool["p_tumor"].to_numpy(), list(pool["prob_map"]))
+    mean, scale, model = fit(x, (pool["label"] != "no_tumor").to_numpy())
+
+    def logit(q: float) -> float:
+        return float(np.log(q / (1 - q)))
+
+    return fusion_lib.DetectionFusion(
+        mean=mean,
+        scale=scale,
+        coef=model.coef_[0],
+        intercept=float(model.intercept_[0]) - logit(grey_threshold) + logit(tumor_threshold),
+        fitted_on=fitted_on,
+    )
+
+
 def _fold_arrays(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     return {k: rows[k].astype(str).to_numpy() for k in ("label", "source", "group_id", "orig_name")}
 
 
-def judge(res: pd.DataFrame, stress: pd.DataFrame, registry: weights_lib.Registry) -> dict:
+def judge(res: pd.DataFrame, stress: pd.DataFrame, registry: weights_lib.Registry, threshold_rule: str = "b") -> dict:
     """The rule's figures: the shipped set at its one threshold against the cross-fitted candidate.
 
     ``res`` holds the shipped set's outputs on the validation rows as acquired
     (a map on every row, ``grey`` flags, ``source``), ``stress`` on the LGG
-    rows made FLAIR-only.
+    rows made FLAIR-only. ``threshold_rule`` "a" picks the greyscale threshold
+    by the shipped rule (sensitivity at least 0.95 first), "b" within the
+    specificity guard (``threshold_within_specificity``).
     """
     settings = {"mask_threshold": registry.mask_threshold, "min_fraction": registry.min_component_fraction}
     t = registry.tumor_threshold
@@ -123,25 +163,38 @@ def judge(res: pd.DataFrame, stress: pd.DataFrame, registry: weights_lib.Registr
 
     shipped = figures(res, stress, t)
     grey = res["grey"].to_numpy(bool)
-    pool = pd.concat([res[grey], stress], ignore_index=True)
+    pool = pool_rows(res, stress)
     x = detection_features(pool["p_tumor"].to_numpy(), list(pool["prob_map"]))
     y = (pool["label"] != "no_tumor").to_numpy()
     p = crossfit_probabilities(x, y, folds(_fold_arrays(pool), N_FOLDS))
     fused_res, fused_stress = res.copy(), stress.copy()
     fused_res.loc[grey, "p_tumor"] = p[: grey.sum()]
     fused_stress["p_tumor"] = p[grey.sum() :]
-    t_grey = detection_threshold(pd.concat([fused_res[grey], fused_stress], ignore_index=True))
+    fused_pool = pd.concat([fused_res[grey], fused_stress], ignore_index=True)
+    if threshold_rule == "a":
+        t_grey = detection_threshold(fused_pool)
+    else:
+        healthy = fused_res[grey & (res["label"] == "no_tumor").to_numpy()]["p_tumor"].to_numpy(float)
+        floor = shipped["specificity_grey_healthy"] - MAX_GREY_SPECIFICITY_DROP
+        t_grey = threshold_within_specificity(fused_pool, healthy, floor)
     candidate = figures(fused_res, fused_stress, t_grey)
     checks = {
-        "flair_only_sensitivity_gain": candidate["flair_only_lgg_sensitivity"] - shipped["flair_only_lgg_sensitivity"]
-        >= MIN_FLAIR_SENSITIVITY_GAIN,
-        "flair_only_dice_not_lower": candidate["flair_only_lgg_patient_dice"] >= shipped["flair_only_lgg_patient_dice"],
-        "brats_sensitivity_not_lower": (candidate["brats_sensitivity"] or 0) >= (shipped["brats_sensitivity"] or 0),
-        "grey_specificity": candidate["specificity_grey_healthy"]
-        >= shipped["specificity_grey_healthy"] - MAX_GREY_SPECIFICITY_DROP,
-        "score": candidate["score_manifest_val"] >= shipped["score_manifest_val"] - MAX_SCORE_DROP,
+        "flair_only_sensitivity_gain": _at_least(
+            candidate["flair_only_lgg_sensitivity"] - shipped["flair_only_lgg_sensitivity"], MIN_FLAIR_SENSITIVITY_GAIN
+        ),
+        "flair_only_dice_not_lower": _at_least(
+            candidate["flair_only_lgg_patient_dice"], shipped["flair_only_lgg_patient_dice"]
+        ),
+        "brats_sensitivity_not_lower": _at_least(
+            candidate["brats_sensitivity"] or 0, shipped["brats_sensitivity"] or 0
+        ),
+        "grey_specificity": _at_least(
+            candidate["specificity_grey_healthy"], shipped["specificity_grey_healthy"] - MAX_GREY_SPECIFICITY_DROP
+        ),
+        "score": _at_least(candidate["score_manifest_val"], shipped["score_manifest_val"] - MAX_SCORE_DROP),
     }
     return {
+        "threshold_rule": threshold_rule,
         "features": list(FEATURES),
         "n_pool": len(pool),
         "n_pool_tumour": int(y.sum()),
@@ -164,7 +217,20 @@ def main(argv: list[str] | None = None) -> None:
         "--weights", default=str(weights_lib.DEFAULT_WEIGHTS_DIR), help="shipped weights (default: %(default)s)"
     )
     p.add_argument("--cache", default="runs/cache", help="compare_ensembles' output cache (default: %(default)s)")
+    p.add_argument(
+        "--threshold-rule",
+        choices=["a", "b"],
+        default="b",
+        help="greyscale threshold: a = the shipped rule (1.10.0 a), b = within the specificity guard (default: b)",
+    )
     p.add_argument("--out", default="runs/detect_fusion.json", help="JSON to write (default: %(default)s)")
+    p.add_argument(
+        "--write",
+        default="",
+        metavar="PATH",
+        help="when the rule adopts it, also fit the fusion on every pool row and write it here, e.g. "
+        "weights/detect_fusion.json (default: none)",
+    )
     args = p.parse_args(argv)
 
     registry = weights_lib.read_registry(args.weights)
@@ -195,7 +261,20 @@ def main(argv: list[str] | None = None) -> None:
             stress = shipped_rows(df[df["source"] == LGG], f"{tag}_lgg_flair", transform=flair_only)
     if stress is None:
         raise SystemExit("No LGG rows among the manifests: the FLAIR-only figures need them.")
-    result = judge(pd.concat(parts, ignore_index=True), stress, registry)
+    res = pd.concat(parts, ignore_index=True)
+    result = judge(res, stress, registry, args.threshold_rule)
+    if args.write and result["adopt"]:
+        fused = shipped_fusion(
+            pool_rows(res, stress),
+            result["candidate"]["grey_threshold"],
+            registry.tumor_threshold,
+            f"validation greyscale rows ({', '.join(Path(m).name for m in args.manifest or data.DEFAULT_MANIFESTS)}) "
+            f"and validation LGG made FLAIR-only, {result['n_pool']} rows; greyscale threshold "
+            f"{result['candidate']['grey_threshold']} (rule 1.10.0 {args.threshold_rule}, cross-fitted) shifted onto "
+            f"the tumour threshold {registry.tumor_threshold}",
+        )
+        Path(args.write).write_text(fused.to_json())
+        result["written"] = args.write
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
