@@ -159,25 +159,35 @@ class TypeFusion:
         Raises:
             WeightsError: the JSON is unreadable or does not fit this code.
         """
-        try:
-            doc = json.loads(text)
-            if doc["features"] != list(FEATURE_NAMES) or doc["types"] != list(TYPE_NAMES):
-                raise ValueError(f"features {doc['features']} / types {doc['types']} do not match this code")
-            return cls(
-                mean=np.array(doc["mean"]),
-                scale=np.array(doc["scale"]),
-                coef=np.array(doc["coef"]),
-                intercept=np.array(doc["intercept"]),
-                fitted_on=str(doc.get("fitted_on", "")),
-            )
-        except (ValueError, KeyError, TypeError) as err:
-            raise WeightsError(f"{source} could not be read as a type fusion: {err}") from err
+        return _read(cls, text, {"features": list(FEATURE_NAMES), "types": list(TYPE_NAMES)}, source, "a type fusion")
 
     @classmethod
     def from_file(cls, path: str | Path) -> TypeFusion:
         """``from_json`` on a file (the caller verifies its sha256 first)."""
-        path = Path(path)
-        return cls.from_json(path.read_text(), source=path.name)
+        return cls.from_json(Path(path).read_text(), source=Path(path).name)
+
+
+def _read(cls, text: str, expected: dict, source: str, what: str):
+    """A fusion of class ``cls`` from its JSON, refused unless its keys in ``expected`` match this code.
+
+    Raises:
+        WeightsError: the JSON is unreadable or does not fit this code.
+    """
+    try:
+        doc = json.loads(text)
+        for key, value in expected.items():
+            if doc[key] != value:
+                raise ValueError(f"{key} {doc[key]} do not match this code")
+        intercept = doc["intercept"]
+        return cls(
+            mean=np.array(doc["mean"]),
+            scale=np.array(doc["scale"]),
+            coef=np.array(doc["coef"]),
+            intercept=np.array(intercept) if isinstance(intercept, list) else float(intercept),
+            fitted_on=str(doc.get("fitted_on", "")),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise WeightsError(f"{source} could not be read as {what}: {err}") from err
 
 
 # --- segmentation-guided detection (greyscale slices) --------------------------------
@@ -267,22 +277,9 @@ class DetectionFusion:
         Raises:
             WeightsError: the JSON is unreadable or does not fit this code.
         """
-        try:
-            doc = json.loads(text)
-            if doc["features"] != list(DETECTION_FEATURES):
-                raise ValueError(f"features {doc['features']} do not match this code")
-            return cls(
-                mean=np.array(doc["mean"]),
-                scale=np.array(doc["scale"]),
-                coef=np.array(doc["coef"]),
-                intercept=float(doc["intercept"]),
-                fitted_on=str(doc.get("fitted_on", "")),
-            )
-        except (ValueError, KeyError, TypeError) as err:
-            raise WeightsError(f"{source} could not be read as a detection fusion: {err}") from err
+        return _read(cls, text, {"features": list(DETECTION_FEATURES)}, source, "a detection fusion")
 
     @classmethod
     def from_file(cls, path: str | Path) -> DetectionFusion:
         """``from_json`` on a file (the caller verifies its sha256 first)."""
-        path = Path(path)
-        return cls.from_json(path.read_text(), source=path.name)
+        return cls.from_json(Path(path).read_text(), source=Path(path).name)

@@ -143,35 +143,21 @@ def unique_png(slices: list[np.ndarray], k: int) -> bytes:
     return buffer.getvalue()
 
 
-async def _browser_session(browser, url: str, data: bytes, name: str, gate: dict, timeout_s: float) -> float | None:
-    """One browser session: open the page, wait until every session has, upload, return seconds to the verdict."""
+async def _browser_session(browser, url: str, data: bytes, name: str, ready, timeout_s: float) -> float:
+    """One browser session: open the page, ``await ready()``, upload, return seconds to the verdict."""
     timeout_ms = timeout_s * 1000
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
-    counted = False
-
-    def arrive() -> None:  # this session is ready, or out: either way the others need not wait for it
-        gate["ready"] += 1
-        if gate["ready"] == gate["n"]:
-            gate["start"].set()
-
     try:
         page = await context.new_page()
         await page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
         upload = page.locator("input[type=file]").first
         await upload.wait_for(state="attached", timeout=timeout_ms)
-        counted = True
-        arrive()
-        await gate["start"].wait()
+        await ready()
         t0 = time.perf_counter()
         await upload.set_input_files(files=[{"name": name, "mimeType": "image/png", "buffer": data}])
         await page.get_by_text(VERDICT).first.wait_for(timeout=timeout_ms)
         return time.perf_counter() - t0
-    except Exception as err:  # a session that fails is counted, not fatal
-        print(f"  session {name} failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}", flush=True)
-        return None
     finally:
-        if not counted:
-            arrive()
         await context.close()
 
 
@@ -196,20 +182,13 @@ def _put_file(url: str, upload_path: str, name: str, data: bytes, xsrf: str) -> 
             raise RuntimeError(f"upload answered HTTP {r.status}")
 
 
-async def _protocol_session(url: str, data: bytes, name: str, gate: dict, timeout_s: float) -> float | None:
+async def _protocol_session(url: str, data: bytes, name: str, ready, timeout_s: float) -> float:
     """One protocol session: open the page, wait for the others, upload, return seconds to the verdict."""
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.Common_pb2 import FileURLs, UploadedFileInfo
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
     from streamlit.proto.WidgetStates_pb2 import WidgetState
-
-    counted = False
-
-    def arrive() -> None:
-        gate["ready"] += 1
-        if gate["ready"] == gate["n"]:
-            gate["start"].set()
 
     async def until(ws, wanted):
         """Reads messages until ``wanted(message)`` returns something; returns it."""
@@ -245,65 +224,84 @@ async def _protocol_session(url: str, data: bytes, name: str, gate: dict, timeou
             return True
         return None
 
-    try:
-        xsrf = await asyncio.to_thread(_xsrf_token, url)
-        async with (
-            asyncio.timeout(timeout_s),
-            websockets.connect(
-                url.replace("http", "ws", 1) + "/_stcore/stream",
-                subprotocols=["streamlit", xsrf or "PLACEHOLDER"],
-                additional_headers={"Origin": url, **({"Cookie": f"{XSRF_COOKIE}={xsrf}"} if xsrf else {})},
-                max_size=None,
-            ) as ws,
-        ):
-            await ws.send(rerun())
-            await until(ws, page_ready)
-            if "uploader" not in seen:
-                raise RuntimeError("the page drew no file uploader")
-            counted = True
-            arrive()
-            await gate["start"].wait()
-            t0 = time.perf_counter()
-            ask = BackMsg()
-            ask.file_urls_request.request_id = name
-            ask.file_urls_request.file_names.append(name)
-            ask.file_urls_request.session_id = seen["session"]
-            await ws.send(ask.SerializeToString())
-            urls = await until(
-                ws,
-                lambda m: (
-                    m.file_urls_response.file_urls[0]
-                    if m.WhichOneof("type") == "file_urls_response" and m.file_urls_response.response_id == name
-                    else None
-                ),
+    xsrf = await asyncio.to_thread(_xsrf_token, url)
+    async with (
+        asyncio.timeout(timeout_s),
+        websockets.connect(
+            url.replace("http", "ws", 1) + "/_stcore/stream",
+            subprotocols=["streamlit", xsrf or "PLACEHOLDER"],
+            additional_headers={"Origin": url, **({"Cookie": f"{XSRF_COOKIE}={xsrf}"} if xsrf else {})},
+            max_size=None,
+        ) as ws,
+    ):
+        await ws.send(rerun())
+        await until(ws, page_ready)
+        if "uploader" not in seen:
+            raise RuntimeError("the page drew no file uploader")
+        await ready()
+        t0 = time.perf_counter()
+        ask = BackMsg()
+        ask.file_urls_request.request_id = name
+        ask.file_urls_request.file_names.append(name)
+        ask.file_urls_request.session_id = seen["session"]
+        await ws.send(ask.SerializeToString())
+        urls = await until(
+            ws,
+            lambda m: (
+                m.file_urls_response.file_urls[0]
+                if m.WhichOneof("type") == "file_urls_response" and m.file_urls_response.response_id == name
+                else None
+            ),
+        )
+        await asyncio.to_thread(_put_file, url, urls.upload_url, name, data, xsrf)
+        state = WidgetState(id=seen["uploader"])
+        state.file_uploader_state_value.uploaded_file_info.append(
+            UploadedFileInfo(
+                file_id=urls.file_id,
+                name=name,
+                size=len(data),
+                file_urls=FileURLs(file_id=urls.file_id, upload_url=urls.upload_url, delete_url=urls.delete_url),
             )
-            await asyncio.to_thread(_put_file, url, urls.upload_url, name, data, xsrf)
-            state = WidgetState(id=seen["uploader"])
-            state.file_uploader_state_value.uploaded_file_info.append(
-                UploadedFileInfo(
-                    file_id=urls.file_id,
-                    name=name,
-                    size=len(data),
-                    file_urls=FileURLs(file_id=urls.file_id, upload_url=urls.upload_url, delete_url=urls.delete_url),
-                )
-            )
-            await ws.send(rerun([state]))
-            await until(ws, verdict)
-            return time.perf_counter() - t0
-    except Exception as err:  # a session that fails is counted, not fatal
-        print(f"  session {name} failed: {type(err).__name__}: {str(err)[:160]}", flush=True)
-        return None
-    finally:
-        if not counted:
-            arrive()
+        )
+        await ws.send(rerun([state]))
+        await until(ws, verdict)
+        return time.perf_counter() - t0
 
 
 async def _round(client, url: str, payloads: list[bytes], tag: str, timeout_s: float) -> list[float | None]:
-    """Every session opens its page; once all have, all upload at once."""
-    gate = {"ready": 0, "n": len(payloads), "start": asyncio.Event()}
-    return await asyncio.gather(
-        *(client(url, data, f"{tag}_{k}.png", gate, timeout_s) for k, data in enumerate(payloads))
-    )
+    """Every session opens its page; once all have (or given up), all upload at once.
+
+    ``client(url, data, name, ready, timeout_s)`` runs one session: it awaits
+    ``ready()`` once its page is open and returns seconds to the verdict. A
+    session that fails is reported and counted as None, not fatal.
+    """
+    start, waiting = asyncio.Event(), [len(payloads)]
+
+    def arrive() -> None:  # this session is ready, or out: either way the others need not wait for it
+        waiting[0] -= 1
+        if not waiting[0]:
+            start.set()
+
+    async def one(k: int, data: bytes) -> float | None:
+        name, arrived = f"{tag}_{k}.png", False
+
+        async def ready() -> None:
+            nonlocal arrived
+            arrived = True
+            arrive()
+            await start.wait()
+
+        try:
+            return await client(url, data, name, ready, timeout_s)
+        except Exception as err:
+            first = str(err).splitlines()[0][:160] if str(err) else ""
+            print(f"  session {name} failed: {type(err).__name__}: {first}", flush=True)
+            return None
+        finally:
+            if not arrived:
+                arrive()
+
+    return await asyncio.gather(*(one(k, data) for k, data in enumerate(payloads)))
 
 
 def _summary(waits: list[float | None]) -> str:
