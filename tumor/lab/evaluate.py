@@ -587,6 +587,14 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = Pipeline.from_weights_dir(args.weights, precision=args.precision)
     t0 = time.monotonic()
     if args.calibrate:
+        if pipeline.detect_fusion is not None:
+            # The fusion's intercept maps its greyscale threshold onto the shipped tumour threshold: a new
+            # tumour threshold moves the greyscale operating point too, unchosen, until the fusion is refitted.
+            print(
+                "note: these weights ship a detection fusion; after a new tumour threshold, refit it with "
+                "python -m tumor.lab.detect_fusion --write <weights>/detect_fusion.json",
+                flush=True,
+            )
         _calibrate_cli(pipeline, df, args)
         return
     res = run_pipeline(pipeline, df, transform=flair_only if args.flair_only else None)
