@@ -18,6 +18,7 @@ import nibabel
 import numpy as np
 import pydicom
 import pytest
+from conftest import dicom_bytes
 from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -1007,7 +1008,8 @@ def memory():
     return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}
 
 results = {}
-read_scan(open(sys.argv[2], "rb").read())  # warm-up: lazy imports are not the reads' cost
+for warm in sys.argv[2:]:  # warm-up, one small file of each kind: lazy imports are not the reads' cost
+    read_scan(open(warm, "rb").read(), name=warm.rsplit("/", 1)[-1])
 for case in json.loads(open(sys.argv[1]).read()):
     data = open(case["path"], "rb").read()
     reader = read_volume if case["reader"] == "volume" else read_scan
@@ -1060,10 +1062,16 @@ def budget(tmp_path_factory) -> dict[str, dict]:
             built[build].write_bytes(build())
         cases.append({"id": case_id, "path": str(built[build]), "reader": reader, "name": name})
     (folder / "cases.json").write_text(json.dumps(cases))
-    (folder / "warm.png").write_bytes(FORMATS["png_rgb8"]())
+    warm = {
+        "warm.png": FORMATS["png_rgb8"](),
+        "warm.nii.gz": _nifti(gz=True),
+        "warm.dcm": dicom_bytes(_gradient()[:, :, 0]),
+    }
+    for name, data in warm.items():
+        (folder / name).write_bytes(data)
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(folder / "cases.json"), str(folder / "warm.png")],
+        [sys.executable, "-c", _PROBE, str(folder / "cases.json"), *(str(folder / name) for name in warm)],
         capture_output=True,
         text=True,
         timeout=300,
