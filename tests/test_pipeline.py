@@ -297,6 +297,10 @@ def test_a_greyscale_slice_the_fusion_calls_negative_shows_no_outline():
     assert pipe.analyze(_slice()).tumor_detected, "the classifier alone would call it positive"
     assert not a.tumor_detected and a.prob_map is None and a.predicted_class == "no_tumor"
     assert a.p_tumor == pytest.approx(1.0 / (1.0 + np.exp(5.0)), abs=1e-6)
+    calls = _calls(fused)
+    shown = fused.outline_on_request(a)
+    assert _calls(fused) == calls, "the outline on request reuses the map the verdict read"
+    assert shown.outline_requested and shown.prob_map is a.detection_map and not shown.tumor_detected
     assert fused.with_settings(tumor_threshold=0.3).detect_fusion is fused.detect_fusion
 
 

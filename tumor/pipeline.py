@@ -104,7 +104,11 @@ class Analysis:
         detection: what gave P(tumour): ``DETECTION_CLASSIFIER``, or
             ``DETECTION_FUSED`` on a greyscale slice when the weights ship a
             detection fusion (the greyscale segmenters then run on it whatever
-            the verdict; their map is kept only when the slice is positive).
+            the verdict).
+        detection_map: the greyscale map the detection fusion read, read-only;
+            None unless ``detection`` is fused. It is ``prob_map`` on a
+            positive slice; on a negative one it is not shown, and the outline
+            on request shows it without running the segmenters again.
     """
 
     image: np.ndarray = field(repr=False)
@@ -126,6 +130,7 @@ class Analysis:
     outline_requested: bool = False
     typing: str = "classifier"
     detection: str = "classifier"
+    detection_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def display_name(self) -> str:
@@ -628,6 +633,9 @@ class Pipeline:
         maps |= dict(
             zip(missing, self.segment_batch([rgbs[k] for k in missing], [kinds[k] for k in missing]), strict=True)
         )
+        for m in maps.values():
+            m.setflags(write=False)
+        detection_maps = {k: maps[k] for k, f in enumerate(fused) if f}
         maps = {k: maps[k] for k in positive}  # a negative slice shows no outline unless the user asks for one
         if self.type_fusion is not None:
             for k in positive:
@@ -643,8 +651,6 @@ class Pipeline:
             image_ro = rgb.copy()
             image_ro.setflags(write=False)
             prob_map = maps.get(k)
-            if prob_map is not None:
-                prob_map.setflags(write=False)
             out.append(
                 Analysis(
                     image=image_ro,
@@ -665,6 +671,7 @@ class Pipeline:
                     segmenter_route=routes.get(k) if self.routes_segmenters else None,
                     typing=typing if detected[k] else TYPING_CLASSIFIER,
                     detection=DETECTION_FUSED if fused[k] else DETECTION_CLASSIFIER,
+                    detection_map=detection_maps.get(k),
                 )
             )
         return out
@@ -681,8 +688,10 @@ class Pipeline:
             return analysis
         rgb = np.asarray(analysis.image)
         route = "grey" if is_grey(rgb) else "colour"
-        prob_map = self.segment(rgb, route)
-        prob_map.setflags(write=False)
+        prob_map = analysis.detection_map  # the greyscale segmenters already ran for the verdict
+        if prob_map is None:
+            prob_map = self.segment(rgb, route)
+            prob_map.setflags(write=False)
         return dataclasses.replace(
             analysis,
             prob_map=prob_map,
