@@ -141,16 +141,7 @@ class TypeFusion:
 
     def to_json(self) -> str:
         """The coefficients as JSON (``from_json`` reads it back)."""
-        doc = {
-            "features": list(FEATURE_NAMES),
-            "types": list(TYPE_NAMES),
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-            "coef": self.coef.tolist(),
-            "intercept": self.intercept.tolist(),
-            "fitted_on": self.fitted_on,
-        }
-        return json.dumps(doc, indent=1) + "\n"
+        return _write(self, {"features": list(FEATURE_NAMES), "types": list(TYPE_NAMES)})
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "the fusion file") -> TypeFusion:
@@ -165,6 +156,19 @@ class TypeFusion:
     def from_file(cls, path: str | Path) -> TypeFusion:
         """``from_json`` on a file (the caller verifies its sha256 first)."""
         return cls.from_json(Path(path).read_text(), source=Path(path).name)
+
+
+def _write(fusion, header: dict) -> str:
+    """A fusion's JSON: ``header`` (what the code it fits checks), then its coefficients (``_read`` reads it)."""
+    doc = {
+        **header,
+        "mean": fusion.mean.tolist(),
+        "scale": fusion.scale.tolist(),
+        "coef": fusion.coef.tolist(),
+        "intercept": np.asarray(fusion.intercept).tolist(),
+        "fitted_on": fusion.fitted_on,
+    }
+    return json.dumps(doc, indent=1) + "\n"
 
 
 def _read(cls, text: str, expected: dict, source: str, what: str):
@@ -260,15 +264,7 @@ class DetectionFusion:
 
     def to_json(self) -> str:
         """The coefficients as JSON (``from_json`` reads it back)."""
-        doc = {
-            "features": list(DETECTION_FEATURES),
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-            "coef": self.coef.tolist(),
-            "intercept": self.intercept,
-            "fitted_on": self.fitted_on,
-        }
-        return json.dumps(doc, indent=1) + "\n"
+        return _write(self, {"features": list(DETECTION_FEATURES)})
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "the detection fusion file") -> DetectionFusion:

@@ -22,6 +22,7 @@ import streamlit as st
 from PIL import Image
 
 from tumor.errors import InputError, WeightsError
+from tumor.pipeline import DETECTION_FUSED
 
 # Paths and display constants, gathered here.
 ROOT = Path(__file__).resolve().parents[1]
@@ -564,9 +565,9 @@ def render_verdict(analysis) -> None:
     a.metric(
         "P(tumour)",
         f"{p:.1%}",
-        help="On a greyscale slice, from the classifiers and how strongly the greyscale segmenters mark a tumour "
-        "(segmentation-guided detection); on a colour composite, from the classifiers alone."
-        if analysis.detection != "classifier"
+        help="From the classifiers and how strongly the greyscale segmenters mark a tumour on this greyscale slice "
+        "(segmentation-guided detection)."
+        if analysis.detection == DETECTION_FUSED
         else None,
     )
     b.metric(
