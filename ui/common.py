@@ -22,7 +22,6 @@ import streamlit as st
 from PIL import Image
 
 from tumor.errors import InputError, WeightsError
-from tumor.pipeline import DETECTION_FUSED
 
 # Paths and display constants, gathered here.
 ROOT = Path(__file__).resolve().parents[1]
@@ -556,6 +555,8 @@ def render_downloads(
 
 def render_verdict(analysis) -> None:
     """Tumour / no tumour, P(tumour), the likely type and what it usually means."""
+    from tumor.pipeline import DETECTION_FUSED  # loaded with the pipeline already; pages without one skip it
+
     p = float(analysis.p_tumor)
     if analysis.tumor_detected:
         st.markdown("### :red[Tumour detected]")
