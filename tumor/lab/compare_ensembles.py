@@ -170,6 +170,46 @@ def network_outputs(
     return res
 
 
+def ensemble_outputs(
+    classifiers: list[weights_lib.ModelEntry],
+    segmenters: list[weights_lib.ModelEntry],
+    frame: pd.DataFrame,
+    *,
+    tag: str,
+    flip_tta: bool,
+    cache_dir: Path,
+    transform=None,
+    precision: str = "f32",
+) -> dict[str, dict[str, pd.DataFrame]]:
+    """``network_outputs`` of every network, ``{kind: {name: rows}}``: the two kinds run side by side, in pairs.
+
+    Pairing halves the passes. Segmenters beyond the classifiers run alone,
+    and classifiers beyond the segmenters; so do the two of a pair when either
+    has been cached alone (an earlier comparison ran it without a partner) and
+    the pair has not.
+    """
+    out: dict[str, dict[str, pd.DataFrame]] = {"classifier": {}, "segmenter": {}}
+
+    def cached(c, s) -> bool:
+        return (cache_dir / cache_name(c, s, tag=tag, flip_tta=flip_tta, precision=precision)).is_file()
+
+    for i in range(max(len(classifiers), len(segmenters))):
+        c = classifiers[i] if i < len(classifiers) else None
+        s = segmenters[i] if i < len(segmenters) else None
+        paired = [(c, s)]
+        if c is not None and s is not None and not cached(c, s) and (cached(c, None) or cached(None, s)):
+            paired = [(c, None), (None, s)]
+        for pc, ps in paired:
+            res = network_outputs(
+                pc, ps, frame, flip_tta=flip_tta, cache_dir=cache_dir, tag=tag, transform=transform, precision=precision
+            )
+            if pc is not None:
+                out["classifier"].setdefault(pc.name, res)
+            if ps is not None:
+                out["segmenter"].setdefault(ps.name, res)
+    return out
+
+
 def combine(
     clf_outputs: list[pd.DataFrame],
     seg_outputs: list[pd.DataFrame],
@@ -473,41 +513,16 @@ def main(argv: list[str] | None = None) -> None:
     flip_tta = {"manifest": registry.flip_tta, "on": True, "off": False}[args.flip_tta]
 
     def outputs(frame: pd.DataFrame, tag: str, transform=None) -> dict[str, dict[str, pd.DataFrame]]:
-        """Per-network outputs: networks of the two kinds run side by side, in pairs, to halve the passes.
-
-        Segmenters beyond the classifiers run alone, and classifiers beyond
-        the segmenters; so do the two of a pair when either has been cached
-        alone (an earlier comparison ran it without a partner) and the pair
-        has not.
-        """
-        clfs, segs = list(entries["classifier"].values()), list(entries["segmenter"].values())
-        out: dict[str, dict[str, pd.DataFrame]] = {"classifier": {}, "segmenter": {}}
-
-        def cached(c, s) -> bool:
-            return (cache / cache_name(c, s, tag=tag, flip_tta=flip_tta, precision=args.precision)).is_file()
-
-        for i in range(max(len(clfs), len(segs))):
-            c = clfs[i] if i < len(clfs) else None
-            s = segs[i] if i < len(segs) else None
-            paired = [(c, s)]
-            if c is not None and s is not None and not cached(c, s) and (cached(c, None) or cached(None, s)):
-                paired = [(c, None), (None, s)]
-            for pc, ps in paired:
-                res = network_outputs(
-                    pc,
-                    ps,
-                    frame,
-                    flip_tta=flip_tta,
-                    cache_dir=cache,
-                    tag=tag,
-                    transform=transform,
-                    precision=args.precision,
-                )
-                if pc is not None:
-                    out["classifier"].setdefault(pc.name, res)
-                if ps is not None:
-                    out["segmenter"].setdefault(ps.name, res)
-        return out
+        return ensemble_outputs(
+            list(entries["classifier"].values()),
+            list(entries["segmenter"].values()),
+            frame,
+            tag=tag,
+            flip_tta=flip_tta,
+            cache_dir=cache,
+            transform=transform,
+            precision=args.precision,
+        )
 
     def pair_outputs(nets: dict, row: dict) -> pd.DataFrame:
         grey_set = row.get("segmenter_grey")

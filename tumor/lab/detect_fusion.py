@@ -15,12 +15,15 @@ any network whose outputs are missing). The regression is fitted on the
 greyscale rows and the FLAIR-only rows, and judged by cross-fitting with the
 type fusion's folds (``tumor.lab.fusion.folds``: patients whole, figshare in
 file-order blocks within each type): no row is scored by a regression that saw
-it. The greyscale tumour threshold is then chosen by the shipped rule
-(``evaluate.detection_threshold``) on the cross-fitted rows, and the figures
-are compared with the shipped set at its one threshold.
+it. The greyscale tumour threshold is then chosen on the cross-fitted rows,
+by the shipped rule (``evaluate.detection_threshold``; rule 1.10.0 a) or within
+the specificity guard (``threshold_within_specificity``; rule 1.10.0 b, the
+default), and the figures are compared with the shipped set at its one
+threshold.
 
-Writes the figures and the verdict to ``--out``; changes nothing in
-``weights/``.
+Writes the figures and the verdict to ``--out``. With ``--write PATH``, and
+only when the rule adopts it, also the fusion fitted on every pool row
+(``shipped_fusion``): the file ``weights/detect_fusion.json`` came from that.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from sklearn.metrics import roc_curve
 from tumor import fusion as fusion_lib
 from tumor import weights as weights_lib
 from tumor.lab import data
-from tumor.lab.compare_ensembles import combine, network_outputs, split_threshold_figures
+from tumor.lab.compare_ensembles import combine, ensemble_outputs, split_threshold_figures
 from tumor.lab.evaluate import LGG, detection_threshold, flair_only
 from tumor.lab.fusion import folds
 
@@ -49,9 +52,6 @@ TOLERANCE = 1e-9  # float slack in the rule's comparisons of count ratios
 MIN_FLAIR_SENSITIVITY_GAIN = 0.05
 MAX_GREY_SPECIFICITY_DROP = 0.01
 MAX_SCORE_DROP = 0.002
-CLASSIFIERS = ("classifier", "classifier_2")
-COLOUR_SEGMENTERS = ("segmenter", "segmenter_2")
-GREY_SEGMENTERS = ("segmenter_3", "segmenter_4")
 
 
 def detection_features(p_tumor: np.ndarray, maps: list[np.ndarray]) -> np.ndarray:
@@ -170,7 +170,7 @@ def judge(res: pd.DataFrame, stress: pd.DataFrame, registry: weights_lib.Registr
     fused_res, fused_stress = res.copy(), stress.copy()
     fused_res.loc[grey, "p_tumor"] = p[: grey.sum()]
     fused_stress["p_tumor"] = p[grey.sum() :]
-    fused_pool = pd.concat([fused_res[grey], fused_stress], ignore_index=True)
+    fused_pool = pool_rows(fused_res, fused_stress)
     if threshold_rule == "a":
         t_grey = detection_threshold(fused_pool)
     else:
@@ -234,21 +234,22 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     registry = weights_lib.read_registry(args.weights)
-    entries = registry.models
+    classifiers, segmenters = registry.members("classifier"), registry.members("segmenter")
     cache = Path(args.cache)
 
     def shipped_rows(frame: pd.DataFrame, tag: str, transform=None) -> pd.DataFrame:
-        outs = {}
-        for c, s in ((CLASSIFIERS[0], COLOUR_SEGMENTERS[0]), (CLASSIFIERS[1], COLOUR_SEGMENTERS[1])):
-            outs[c] = outs[s] = network_outputs(
-                entries[c], entries[s], frame, flip_tta=registry.flip_tta, cache_dir=cache, tag=tag, transform=transform
-            )
-        for s in GREY_SEGMENTERS:
-            outs[s] = network_outputs(
-                None, entries[s], frame, flip_tta=registry.flip_tta, cache_dir=cache, tag=tag, transform=transform
-            )
+        """The shipped set's rows, its networks run (or read from the cache) as compare_ensembles runs them."""
+        nets = ensemble_outputs(
+            classifiers, segmenters, frame, tag=tag, flip_tta=registry.flip_tta, cache_dir=cache, transform=transform
+        )
+
+        def rows(kind: str, entries) -> list[pd.DataFrame]:
+            return [nets[kind][e.name] for e in entries]
+
         return combine(
-            [outs[n] for n in CLASSIFIERS], [outs[n] for n in COLOUR_SEGMENTERS], [outs[n] for n in GREY_SEGMENTERS]
+            rows("classifier", classifiers),
+            rows("segmenter", [e for e in segmenters if e.inputs in ("all", "colour")]),
+            rows("segmenter", [e for e in segmenters if e.inputs in ("all", "grey")]),
         )
 
     parts, stress = [], None
