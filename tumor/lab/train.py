@@ -345,7 +345,7 @@ def _load(args: argparse.Namespace, split: str) -> dict[str, np.ndarray]:
     if args.packed:
         arrays = data.load_packed(Path(args.packed) / f"{split}.npz")
     else:
-        df = data.load_split(data.read_manifest(args.manifest))
+        df = data.load_split(data.read_manifests(args.manifest))
         df = df[df["split"] == split]
         if args.limit:
             df = df.groupby("label", group_keys=False).head(args.limit)
@@ -472,7 +472,12 @@ def train(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the tumour classifier or segmenter.")
     p.add_argument("kind", choices=["classifier", "segmenter"])
-    p.add_argument("--manifest", default="../shared/data/manifest.csv", help="manifest CSV (default: %(default)s)")
+    p.add_argument(
+        "--manifest",
+        action="append",
+        default=None,
+        help="manifest CSV; repeat for several, e.g. the BraTS FLAIR one too (default: ../shared/data/manifest.csv)",
+    )
     p.add_argument(
         "--packed", default="", help="folder with packed train.npz/val.npz instead of --manifest (default: none)"
     )
@@ -535,7 +540,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--limit", type=int, default=0, help="rows per label per split, 0 = all (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1337, help="random seed (default: %(default)s)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.manifest = args.manifest or ["../shared/data/manifest.csv"]
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
