@@ -208,3 +208,75 @@ def test_detect_fusion_crossfit_never_scores_a_row_with_a_regression_that_saw_it
     assert np.allclose(p[fold == 0], q[fold == 0])
     assert not np.allclose(p[fold != 0], q[fold != 0])
     assert ((p > 0.5) == y).mean() > 0.9
+
+
+def test_detect_fusion_brats_figures_apply_the_cascade():
+    truth = np.zeros((8, 8), bool)
+    truth[2:6, 2:6] = True  # 16 pixels
+    hit = truth.astype(np.float32)  # the map draws the expert's mask exactly
+    half = np.zeros((8, 8), np.float32)
+    half[2:4, 2:6] = 1.0  # 8 of the 16 pixels: Dice 2*8 / (8 + 16) = 2/3
+    rows = pd.DataFrame(
+        {
+            "label": ["glioma", "glioma", "glioma", "no_tumor"],
+            "source": ["brats_flair"] * 4,
+            "p_tumor": [0.9, 0.8, 0.2, 0.9],
+            "prob_map": [hit, half, hit, hit],
+            "truth": [truth, truth, truth, np.zeros((8, 8), bool)],
+        }
+    )
+    got = lab_detect.brats_figures(rows, 0.5, mask_threshold=0.5, min_fraction=0.0)
+    # The third tumour slice is under the threshold: no mask, Dice 0, although its map was right.
+    assert got["n_brats_tumour"] == 3 and got["brats_sensitivity"] == pytest.approx(2 / 3)
+    assert got["brats_slice_dice"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert lab_detect.brats_figures(rows, 0.1, mask_threshold=0.5, min_fraction=0.0)[
+        "brats_slice_dice"
+    ] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    assert (
+        lab_detect.brats_figures(rows.iloc[3:], 0.5, mask_threshold=0.5, min_fraction=0.0)["brats_slice_dice"] is None
+    )
+
+
+def _detect_block(**changes) -> dict:
+    block = {
+        "score_manifest_val": 2.69,
+        "sensitivity": 0.93,
+        "specificity": 0.966,
+        "specificity_grey_healthy": 0.954,
+        "brats_sensitivity": 0.42,
+        "brats_slice_dice": 0.30,
+        "flair_only_lgg_sensitivity": 0.83,
+        "flair_only_lgg_patient_dice": 0.78,
+        "lgg_patient_dice": 0.80,
+        "figshare_slice_dice": 0.74,
+        "grey_threshold": 0.7,
+    }
+    return {"candidate": {**block, **changes}}
+
+
+def _type_block(accuracy: float) -> dict:
+    return {"type_accuracy": {"fusion": accuracy}, "per_source": {"brats_flair": {"fusion": accuracy}}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "type_accuracy", "failing"),
+    [
+        ({"brats_slice_dice": 0.35}, 0.91, None),  # +0.05 exactly: in
+        ({"brats_slice_dice": 0.34}, 0.91, "brats_dice_gain"),
+        ({"brats_slice_dice": 0.40, "brats_sensitivity": 0.40}, 0.91, "brats_sensitivity_not_lower"),
+        ({"brats_slice_dice": 0.40, "score_manifest_val": 2.687}, 0.91, "score"),
+        ({"brats_slice_dice": 0.40, "flair_only_lgg_sensitivity": 0.815}, 0.91, "flair_only_sensitivity"),
+        ({"brats_slice_dice": 0.40, "flair_only_lgg_patient_dice": 0.769}, 0.91, "flair_only_dice"),
+        ({"brats_slice_dice": 0.40, "specificity_grey_healthy": 0.94}, 0.91, "grey_specificity"),
+        ({"brats_slice_dice": 0.40}, 0.904, "type_accuracy"),
+    ],
+)
+def test_greyscale_candidate_rule_fails_on_each_guard(changes, type_accuracy, failing):
+    from tumor.lab import greyscale_candidate
+
+    got = greyscale_candidate.judge(
+        _detect_block(), _detect_block(**changes), _type_block(0.91), _type_block(type_accuracy)
+    )
+    assert [k for k, ok in got["checks"].items() if not ok] == ([failing] if failing else [])
+    assert got["adopt"] is (failing is None)
+    assert got["figures"]["brats_slice_dice"]["candidate"] == changes["brats_slice_dice"]

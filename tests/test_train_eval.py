@@ -300,6 +300,21 @@ def test_keep_sources_keeps_every_array_aligned_and_refuses_an_unknown_source():
     assert train.parse_args(["segmenter", "--source", "a", "--source", "b"]).source == ["a", "b"]
 
 
+def test_train_reads_every_manifest_it_is_given(tmp_path):
+    df = data.read_manifest(_gallery_manifest(tmp_path))
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    df.iloc[::2].to_csv(first, index=False)
+    df.iloc[1::2].to_csv(second, index=False)
+    assert train.parse_args(["segmenter"]).manifest == ["../shared/data/manifest.csv"]
+    both = train.parse_args(["segmenter", "--manifest", str(first), "--manifest", str(second), "--size", "32"])
+    assert both.manifest == [str(first), str(second)]
+    one = train.parse_args(["segmenter", "--manifest", str(first), "--size", "32"])
+    for split in ("train", "val", "test"):
+        expected = (data.load_split(df)["split"] == split).sum()
+        assert len(train._load(both, split)["labels"]) == expected
+    assert sum(len(train._load(one, s)["labels"]) for s in ("train", "val", "test")) == len(df.iloc[::2])
+
+
 def test_val_grey_makes_only_the_validation_slices_greyscale(tmp_path):
     from tumor.lab import data
 

@@ -41,7 +41,7 @@ from tumor import fusion as fusion_lib
 from tumor import weights as weights_lib
 from tumor.lab import data
 from tumor.lab.compare_ensembles import combine, ensemble_outputs, split_threshold_figures
-from tumor.lab.evaluate import LGG, detection_threshold, flair_only
+from tumor.lab.evaluate import LGG, _segmentation, apply_cascade, detection_threshold, flair_only
 from tumor.lab.fusion import folds
 
 # The rule and the fit, fixed before the first figure (docs/experiments.md, 1.10.0 a).
@@ -126,6 +126,23 @@ def _fold_arrays(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     return {k: rows[k].astype(str).to_numpy() for k in ("label", "source", "group_id", "orig_name")}
 
 
+def brats_figures(rows: pd.DataFrame, grey_threshold: float, mask_threshold: float, min_fraction: float) -> dict:
+    """Sensitivity and mean Dice over the tumour slices of ``rows`` (BraTS: all greyscale), cascade applied.
+
+    A tumour slice under ``grey_threshold`` gets no mask and a Dice of 0, as
+    in the app. ``None`` for both where ``rows`` hold no tumour slice.
+    """
+    tumour = rows[rows["label"] != "no_tumor"].reset_index(drop=True)
+    if tumour.empty:
+        return {"brats_sensitivity": None, "n_brats_tumour": 0, "brats_slice_dice": None}
+    seg = _segmentation(apply_cascade(tumour, grey_threshold), mask_threshold, min_fraction)
+    return {
+        "brats_sensitivity": float((tumour["p_tumor"] >= grey_threshold).mean()),
+        "n_brats_tumour": len(tumour),
+        "brats_slice_dice": seg["tumor_slice_dice_mean"],
+    }
+
+
 def judge(res: pd.DataFrame, stress: pd.DataFrame, registry: weights_lib.Registry, threshold_rule: str = "b") -> dict:
     """The rule's figures: the shipped set at its one threshold against the cross-fitted candidate.
 
@@ -144,8 +161,7 @@ def judge(res: pd.DataFrame, stress: pd.DataFrame, registry: weights_lib.Registr
         main = split_threshold_figures(
             r[main_rows].reset_index(drop=True), s, tumor_threshold=t, grey_threshold=t_grey, **settings
         )
-        brats = r[~main_rows]
-        brats_pos = brats[brats["label"] != "no_tumor"]
+        brats = brats_figures(r[~main_rows], t_grey, **settings)
         return {
             "grey_threshold": t_grey,
             "score_manifest_val": main["val_score"],
@@ -153,8 +169,7 @@ def judge(res: pd.DataFrame, stress: pd.DataFrame, registry: weights_lib.Registr
             "specificity": every["val_specificity"],
             "specificity_grey_healthy": every["val_specificity_grey_healthy"],
             "n_grey_healthy": every["n_grey_healthy"],
-            "brats_sensitivity": float((brats_pos["p_tumor"] >= t_grey).mean()) if len(brats_pos) else None,
-            "n_brats_tumour": len(brats_pos),
+            **brats,
             "flair_only_lgg_sensitivity": every["val_lgg_sensitivity_flair_only"],
             "flair_only_lgg_patient_dice": every["val_lgg_patient_dice_flair_only"],
             "lgg_patient_dice": main["val_lgg_patient_dice"],
