@@ -95,7 +95,7 @@ def threshold_within_specificity(pool: pd.DataFrame, healthy_grey_p: np.ndarray,
     return float(thr[int(np.argmax(j))])
 
 
-def _at_least(value: float, bound: float) -> bool:
+def at_least(value: float, bound: float) -> bool:
     """``value >= bound`` for figures that are ratios of slice counts: 166/200 - 156/200 is 0.05, not 0.0499..."""
     return value >= bound - TOLERANCE
 
@@ -194,19 +194,17 @@ def judge(res: pd.DataFrame, stress: pd.DataFrame, registry: weights_lib.Registr
         t_grey = threshold_within_specificity(fused_pool, healthy, floor)
     candidate = figures(fused_res, fused_stress, t_grey)
     checks = {
-        "flair_only_sensitivity_gain": _at_least(
+        "flair_only_sensitivity_gain": at_least(
             candidate["flair_only_lgg_sensitivity"] - shipped["flair_only_lgg_sensitivity"], MIN_FLAIR_SENSITIVITY_GAIN
         ),
-        "flair_only_dice_not_lower": _at_least(
+        "flair_only_dice_not_lower": at_least(
             candidate["flair_only_lgg_patient_dice"], shipped["flair_only_lgg_patient_dice"]
         ),
-        "brats_sensitivity_not_lower": _at_least(
-            candidate["brats_sensitivity"] or 0, shipped["brats_sensitivity"] or 0
-        ),
-        "grey_specificity": _at_least(
+        "brats_sensitivity_not_lower": at_least(candidate["brats_sensitivity"] or 0, shipped["brats_sensitivity"] or 0),
+        "grey_specificity": at_least(
             candidate["specificity_grey_healthy"], shipped["specificity_grey_healthy"] - MAX_GREY_SPECIFICITY_DROP
         ),
-        "score": _at_least(candidate["score_manifest_val"], shipped["score_manifest_val"] - MAX_SCORE_DROP),
+        "score": at_least(candidate["score_manifest_val"], shipped["score_manifest_val"] - MAX_SCORE_DROP),
     }
     return {
         "threshold_rule": threshold_rule,

@@ -1,8 +1,12 @@
 """Judges a greyscale-segmenter candidate against the shipped set: ``python -m tumor.lab.greyscale_candidate``.
 
-Rule 1.11.0 a (``docs/experiments.md``, fixed before the candidate trained).
-Both sets are scored by the same two commands, each cross-fitted on
-validation, so neither fusion is judged on rows it was fitted on:
+Rules 1.11.0 a and b (``docs/experiments.md``, one set of guards, fixed
+before each candidate trained). The candidate's weights folder is a copy of
+``weights/`` with the candidate's file in place of one greyscale segmenter and
+its sha256 pinned again in ``manifest.json``; thresholds and fusions are left
+as shipped. Both folders are scored by the same two commands, each
+cross-fitted on validation, so neither fusion is judged on rows it was fitted
+on:
 
 - ``python -m tumor.lab.detect_fusion --weights DIR --out D.json`` (rule b's
   greyscale threshold): detection, Dice and FLAIR-only figures, in its
@@ -19,9 +23,9 @@ import argparse
 import json
 from pathlib import Path
 
-from tumor.lab.detect_fusion import _at_least
+from tumor.lab.detect_fusion import at_least
 
-# Rule 1.11.0 a, as committed before training.
+# Rules 1.11.0 a and b, as committed before training.
 MIN_BRATS_DICE_GAIN = 0.05
 MAX_SCORE_DROP = 0.002
 MAX_FLAIR_DROP = 0.01
@@ -48,19 +52,19 @@ def judge(shipped_detect: dict, candidate_detect: dict, shipped_type: dict, cand
     s, c = shipped_detect["candidate"], candidate_detect["candidate"]
     s_type, c_type = shipped_type["type_accuracy"]["fusion"], candidate_type["type_accuracy"]["fusion"]
     checks = {
-        "brats_dice_gain": _at_least(c["brats_slice_dice"] - s["brats_slice_dice"], MIN_BRATS_DICE_GAIN),
-        "brats_sensitivity_not_lower": _at_least(c["brats_sensitivity"], s["brats_sensitivity"]),
-        "score": _at_least(c["score_manifest_val"], s["score_manifest_val"] - MAX_SCORE_DROP),
-        "flair_only_sensitivity": _at_least(
+        "brats_dice_gain": at_least(c["brats_slice_dice"] - s["brats_slice_dice"], MIN_BRATS_DICE_GAIN),
+        "brats_sensitivity_not_lower": at_least(c["brats_sensitivity"], s["brats_sensitivity"]),
+        "score": at_least(c["score_manifest_val"], s["score_manifest_val"] - MAX_SCORE_DROP),
+        "flair_only_sensitivity": at_least(
             c["flair_only_lgg_sensitivity"], s["flair_only_lgg_sensitivity"] - MAX_FLAIR_DROP
         ),
-        "flair_only_dice": _at_least(
+        "flair_only_dice": at_least(
             c["flair_only_lgg_patient_dice"], s["flair_only_lgg_patient_dice"] - MAX_FLAIR_DROP
         ),
-        "grey_specificity": _at_least(
+        "grey_specificity": at_least(
             c["specificity_grey_healthy"], s["specificity_grey_healthy"] - MAX_GREY_SPECIFICITY_DROP
         ),
-        "type_accuracy": _at_least(c_type, s_type - MAX_TYPE_ACCURACY_DROP),
+        "type_accuracy": at_least(c_type, s_type - MAX_TYPE_ACCURACY_DROP),
     }
     figures = {k: {"shipped": s[k], "candidate": c[k]} for k in FIGURES}
     figures["type_accuracy_fusion"] = {"shipped": s_type, "candidate": c_type}
@@ -68,7 +72,7 @@ def judge(shipped_detect: dict, candidate_detect: dict, shipped_type: dict, cand
         src: {"shipped": shipped_type["per_source"][src]["fusion"], "candidate": v["fusion"]}
         for src, v in candidate_type["per_source"].items()
     }
-    return {"rule": "1.11.0 a", "figures": figures, "checks": checks, "adopt": all(checks.values())}
+    return {"rule": "1.11.0 a/b", "figures": figures, "checks": checks, "adopt": all(checks.values())}
 
 
 def main(argv: list[str] | None = None) -> None:
