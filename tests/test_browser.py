@@ -176,6 +176,8 @@ def test_dicom_upload_shows_mm_and_pdf(page, tmp_path):
     upload(page, "IM0001", dicom_bytes(gray, spacing=0.9), "application/dicom")
     page.get_by_text("mm²").first.wait_for(timeout=30_000)
     pdf = page.get_by_role("button", name="PDF report")
+    # The page streams: the measurements show before the PDF is built; wait (raises if it never comes).
+    pdf.wait_for(state="visible", timeout=60_000)
     assert pdf.is_visible()
     with page.expect_download(timeout=60_000) as info:
         pdf.click()
