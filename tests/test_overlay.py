@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tumor.metrics import dice, sensitivity_specificity
+from tumor.metrics import at_least, dice, sensitivity_specificity
 from tumor.overlay import (
     EXPERT_COLOR,
     MODEL_COLOR,
@@ -209,3 +209,10 @@ def test_metrics_shape_mismatch():
         dice(A, np.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"\(3,\) and \(2,\)"):
         sensitivity_specificity(np.zeros(3), np.zeros(2))
+
+
+def test_at_least_reads_count_ratios_exactly():
+    assert 166 / 200 - 156 / 200 < 0.05  # the float difference that once made a rule say no
+    assert at_least(166 / 200 - 156 / 200, 0.05)
+    assert not at_least(165 / 200 - 156 / 200, 0.05)
+    assert at_least(0.9, 0.9) and not at_least(0.9 - 1e-6, 0.9)

@@ -305,7 +305,7 @@ def test_train_reads_every_manifest_it_is_given(tmp_path):
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
     df.iloc[::2].to_csv(first, index=False)
     df.iloc[1::2].to_csv(second, index=False)
-    assert train.parse_args(["segmenter"]).manifest == ["../shared/data/manifest.csv"]
+    assert train.parse_args(["segmenter"]).manifest == ["../shared/data/manifest.csv"] == [train.DEFAULT_MANIFEST]
     both = train.parse_args(["segmenter", "--manifest", str(first), "--manifest", str(second), "--size", "32"])
     assert both.manifest == [str(first), str(second)]
     one = train.parse_args(["segmenter", "--manifest", str(first), "--size", "32"])

@@ -48,3 +48,15 @@ def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[flo
 
 
 __all__ = ["dice", "sensitivity_specificity"]
+
+
+RATIO_TOLERANCE = 1e-9  # float slack when comparing ratios of counts
+
+
+def at_least(value: float, bound: float) -> bool:
+    """``value >= bound`` for figures that are ratios of slice counts: 166/200 - 156/200 is 0.05, not 0.0499...
+
+    The rules in ``tumor.lab`` compare such figures; a slack of ``RATIO_TOLERANCE``
+    keeps a gain of exactly the asked size from reading as a miss.
+    """
+    return value >= bound - RATIO_TOLERANCE

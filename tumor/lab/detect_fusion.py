@@ -43,12 +43,12 @@ from tumor.lab import data
 from tumor.lab.compare_ensembles import combine, ensemble_outputs, split_threshold_figures
 from tumor.lab.evaluate import LGG, _segmentation, apply_cascade, detection_threshold, flair_only
 from tumor.lab.fusion import folds
+from tumor.metrics import at_least
 
 # The rule and the fit, fixed before the first figure (docs/experiments.md, 1.10.0 a).
 FEATURES = fusion_lib.DETECTION_FEATURES
 C = 1.0
 N_FOLDS = 5
-TOLERANCE = 1e-9  # float slack in the rule's comparisons of count ratios
 MIN_FLAIR_SENSITIVITY_GAIN = 0.05
 MAX_GREY_SPECIFICITY_DROP = 0.01
 MAX_SCORE_DROP = 0.002
@@ -93,11 +93,6 @@ def threshold_within_specificity(pool: pd.DataFrame, healthy_grey_p: np.ndarray,
     if not np.isfinite(j).any():
         return 0.95
     return float(thr[int(np.argmax(j))])
-
-
-def at_least(value: float, bound: float) -> bool:
-    """``value >= bound`` for figures that are ratios of slice counts: 166/200 - 156/200 is 0.05, not 0.0499..."""
-    return value >= bound - TOLERANCE
 
 
 def pool_rows(res: pd.DataFrame, stress: pd.DataFrame) -> pd.DataFrame:

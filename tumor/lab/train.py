@@ -31,6 +31,7 @@ AUG_BRIGHTNESS = 0.15
 SEG_NEGATIVE_FRACTION = 0.3  # tumour-free slices per positive slice in segmenter training
 AUG_MODALITY_DROP = 0.15  # chance, per outer channel, that it is replaced by the middle (FLAIR) one
 AUG_GREY = 0.0  # chance that both outer channels are replaced at once (an all-FLAIR slice)
+DEFAULT_MANIFEST = "../shared/data/manifest.csv"  # BraTS FLAIR only when named: earlier stages trained without it
 
 
 def _cpu_flags() -> set[str]:
@@ -476,7 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--manifest",
         action="append",
         default=None,
-        help="manifest CSV; repeat for several, e.g. the BraTS FLAIR one too (default: ../shared/data/manifest.csv)",
+        help=f"manifest CSV; repeat for several, e.g. the BraTS FLAIR one too (default: {DEFAULT_MANIFEST})",
     )
     p.add_argument(
         "--packed", default="", help="folder with packed train.npz/val.npz instead of --manifest (default: none)"
@@ -541,7 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="rows per label per split, 0 = all (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1337, help="random seed (default: %(default)s)")
     args = p.parse_args(argv)
-    args.manifest = args.manifest or ["../shared/data/manifest.csv"]
+    args.manifest = args.manifest or [DEFAULT_MANIFEST]
     return args
 
 
